@@ -1,0 +1,3 @@
+from diskwatch.cli import main
+
+main()

@@ -1,0 +1,459 @@
+"""The ``diskwatch`` command line: one typer app, one subcommand per job.
+
+Subcommands import their heavy dependencies (TensorFlow, faust) lazily so that
+``diskwatch --help`` stays fast and the stream side never loads training code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from models.windows import WindowConfig as WindowArgs
+
+app = typer.Typer(
+    name="diskwatch",
+    help="Streaming anomaly detection for hard-drive SMART telemetry.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True)
+
+
+@app.command()
+def schemas(
+    out: Path = typer.Option(Path("docs/schemas"), help="Folder to write *.schema.json into."),
+) -> None:
+    """Write the JSON Schemas of TelemetryRecord, Alert and DeadLetter."""
+    from diskwatch.records import json_schemas
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stem, schema in json_schemas().items():
+        path = out / f"{stem}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings (env DISKWATCH_*, env file, defaults); secrets masked."""
+    from diskwatch.settings import Settings
+
+    print(json.dumps(Settings().redacted(), indent=2, sort_keys=True))
+
+
+@app.command()
+def smoke(
+    timeout: float = typer.Option(30.0, help="Seconds to wait for each service."),
+) -> None:
+    """Round-trip one telemetry record through the configured Kafka and Redis."""
+    import asyncio
+
+    from diskwatch.settings import Settings
+    from diskwatch.smoke import run_smoke
+
+    report = asyncio.run(run_smoke(Settings(), timeout=timeout))
+    for line in report:
+        console.print(line)
+
+
+def _date(value: str | None, flag: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected YYYY-MM-DD, got {value!r}", param_hint=flag) from None
+
+
+@app.command()
+def sequences(
+    data: Path = typer.Option(..., "--data", help="Daily CSV folder, quarterly zip, or folder of zips."),
+    out: Path = typer.Option(..., "--out", help="Window store directory to write."),
+    window: int = typer.Option(14, help="S: days per window."),
+    horizon: int = typer.Option(7, help="L: label 1 if the drive fails within L days."),
+    max_gap: int = typer.Option(2, help="G: longest gap between reports inside a window."),
+    stride: int = typer.Option(1, help="Days between consecutive windows of a drive."),
+    date_from: str | None = typer.Option(None, "--from", help="First day to read (YYYY-MM-DD)."),
+    date_to: str | None = typer.Option(None, "--to", help="Last day to read (YYYY-MM-DD)."),
+    models: list[str] = typer.Option([], "--models", help="Keep drive models containing this (repeatable)."),
+    limit_drives: int | None = typer.Option(None, help="Keep only the first N drives seen."),
+    healthy_fraction: float = typer.Option(1.0, help="Share of healthy windows kept (positives always)."),
+    seed: int = typer.Option(0, help="Seed for sampling and splits."),
+) -> None:
+    """Build labelled per-drive windows (a window store) from Backblaze dumps."""
+    from models.windows import WindowConfig
+    from training.dumps import DumpFilter
+    from training.windowstore import build_store
+
+    config = WindowConfig(window=window, horizon=horizon, max_gap=max_gap, stride=stride)
+    filters = DumpFilter(
+        date_from=_date(date_from, "--from"),
+        date_to=_date(date_to, "--to"),
+        models=models,
+        limit_drives=limit_drives,
+    )
+    with _day_progress("windows") as advance:
+        result = build_store(
+            data, out, config=config, filters=filters, healthy_fraction=healthy_fraction, seed=seed,
+            on_day=advance,
+        )
+    m = result.manifest
+    console.print(
+        f"[bold]{out}[/]: {m['builder']['windows']:,} windows from {m['read']['rows_kept']:,} rows, "
+        f"{m['drives']:,} drives ({m['failed_drives']} failed), {m['date_from']}..{m['date_to']}"
+    )
+    console.print(f"split drives {m['split_drives']}, failed {m['split_failed']}")
+    if m["read"]["invalid"]:
+        console.print(f"[yellow]invalid input by reason[/]: {m['read']['invalid']}")
+
+
+@contextlib.contextmanager
+def _day_progress(what: str) -> Iterator[Callable[[dt.date, int], None]]:
+    """A rich progress line (day, rows/s) on a terminal; periodic log lines otherwise."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    rows = 0
+    started = time.monotonic()
+    if not console.is_terminal:
+        def log(day: dt.date, n: int) -> None:
+            nonlocal rows
+            rows += n
+            if day.day == 1 or n == 0:
+                rate = rows / max(time.monotonic() - started, 1e-9)
+                console.print(f"{what}: {day} rows={rows:,} ({rate:,.0f} rows/s)")
+
+        yield log
+        return
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(what)
+
+        def advance(day: dt.date, n: int) -> None:
+            nonlocal rows
+            rows += n
+            rate = rows / max(time.monotonic() - started, 1e-9)
+            progress.update(task, description=f"{what}: {day}  {rows:,} rows  {rate:,.0f} rows/s")
+
+        yield advance
+
+
+@app.command()
+def synth(
+    drives: int = typer.Option(2000, min=1, help="Drives over the whole window (incumbents + joiners)."),
+    days: int = typer.Option(90, min=1, help="Days to simulate, one CSV per day."),
+    start: str = typer.Option("2024-01-01", help="First day, YYYY-MM-DD."),
+    out: Path = typer.Option(Path("data/synth"), help="Output folder (daily CSVs + fleet.json)."),
+    seed: int = typer.Option(7, help="Seed: same seed and options give byte-identical files."),
+    compress: bool = typer.Option(False, help="Write .csv.gz (deterministic gzip) instead of .csv."),
+    failure_boost: float | None = typer.Option(None, min=0.0, help="Multiply every model's AFR (default 6)."),
+) -> None:
+    """Simulate a Backblaze-shaped fleet (SIMULATED SMART data with ground truth)."""
+    from training.synth import synth_command
+
+    synth_command(drives=drives, days=days, start=start, out=out, seed=seed, compress=compress,
+                  failure_boost=failure_boost)
+
+
+def _store_for(
+    data: Path, window: WindowArgs, cache: Path | None, seed: int, healthy_fraction: float
+) -> Path:
+    """A window store for ``data``: reuse ``data`` if it is one, else build (cached)."""
+    import hashlib
+
+    from training.windowstore import build_store
+
+    if (data / "manifest.json").exists() and (data / "serials.parquet").exists():
+        return data
+    key = hashlib.sha256(
+        json.dumps(
+            [str(data.resolve()), window.model_dump(mode="json"), seed, healthy_fraction, _tree_stamp(data)]
+        ).encode()
+    ).hexdigest()[:16]
+    root = cache or Path(".local/cache/windows")
+    store = root / key
+    if (store / "manifest.json").exists():
+        console.print(f"reusing cached windows {store}")
+        return store
+    with _day_progress("windows") as advance:
+        build_store(data, store, config=window, healthy_fraction=healthy_fraction, seed=seed, on_day=advance)
+    return store
+
+
+def _tree_stamp(path: Path) -> list[tuple[str, int, int]]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [(str(f.relative_to(path) if f != path else f.name), f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="Backblaze dump (CSV folder, zip, folder of zips) or a window store."),
+    out: Path = typer.Option(..., "--out", help="Model bundle directory to write."),
+    window: int = typer.Option(14, help="S: days per window."),
+    horizon: int = typer.Option(7, help="L: predict failure within L days."),
+    max_gap: int = typer.Option(2, help="G: longest gap between reports inside a window."),
+    arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm."),
+    ae: str = typer.Option("lstm", help="Autoencoder: lstm | conv."),
+    epochs: int = typer.Option(20, help="Most epochs per model (early stopping may end sooner)."),
+    depth: int = typer.Option(2, help="Recurrent layers in the classifier."),
+    width: int = typer.Option(64, help="Units per recurrent layer."),
+    learning_rate: float = typer.Option(1e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(256, help="Training batch size."),
+    target_far: float = typer.Option(0.01, help="Per-drive false-alarm budget of the alert rule (validation)."),
+    operating: str = typer.Option("far", help="Classifier operating threshold: far | f1."),
+    healthy_fraction: float = typer.Option(1.0, help="Share of healthy windows kept when building windows."),
+    healthy_per_positive: float = typer.Option(20.0, help="Healthy windows drawn per positive each epoch."),
+    time_split: str | None = typer.Option(None, "--time-split", help="Also split by time: train before this day."),
+    rul: bool = typer.Option(True, help="Train the optional days-to-failure model."),
+    xgboost: bool = typer.Option(True, help="Train the XGBoost baseline when xgboost is installed."),
+    cache: Path | None = typer.Option(None, help="Where built windows are cached (default .local/cache/windows)."),
+    seed: int = typer.Option(0, help="Seed for sampling, splits and weights."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+) -> None:
+    """Train the classifier and autoencoder (+ RUL, + XGBoost baseline) into a model bundle."""
+    from models.windows import WindowConfig
+    from training.fit import TrainConfig
+    from training.fit import train as fit
+    from training.windowstore import WindowStore
+
+    config = WindowConfig(window=window, horizon=horizon, max_gap=max_gap)
+    try:
+        train_config = TrainConfig(
+            arch=arch, ae=ae, epochs=epochs, depth=depth, width=width, learning_rate=learning_rate,
+            batch_size=batch_size, target_far=target_far, operating=operating,
+            healthy_per_positive=healthy_per_positive, time_cutoff=_date(time_split, "--time-split"),
+            rul=rul, xgboost=xgboost, seed=seed,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    store = WindowStore(_store_for(data, config, cache, seed, healthy_fraction))
+    if store.config != config and (data / "manifest.json").exists():
+        console.print(f"[yellow]using the store's window config {store.config.model_dump()}[/]")
+    result = fit(store, out, train_config, console=console, overwrite=force)
+    console.print(f"[bold green]bundle written[/]: {result.bundle}")
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="Model bundle directory."),
+    data: Path = typer.Option(..., "--data", help="Backblaze dump to score (CSV folder, zip, folder of zips)."),
+    out: Path = typer.Option(..., "--out", help="Folder for metrics.json, plots and report.md."),
+    lead_max: int | None = typer.Option(None, help="Alert counts if within this many days before failure."),
+    split: str = typer.Option("test", help="test (drives not trained or validated on) | all | train | val."),
+    date_from: str | None = typer.Option(None, "--from", help="First day to score (history before is read)."),
+    date_to: str | None = typer.Option(None, "--to", help="Last day to score."),
+    models: list[str] = typer.Option([], "--models", help="Keep drive models containing this (repeatable)."),
+) -> None:
+    """Score every window of a dump as the stream would; write metrics.json, plots, report.md."""
+    from models.bundle import BundleError
+    from training.dumps import DumpFilter
+    from training.evaluate import evaluate as run
+
+    if split not in ("test", "all", "train", "val"):
+        raise typer.BadParameter("split must be test, all, train or val", param_hint="--split")
+    filters = DumpFilter(date_from=_date(date_from, "--from"), date_to=_date(date_to, "--to"), models=models)
+    try:
+        with _day_progress("scoring") as advance:
+            metrics = run(model, data, out, lead_max=lead_max, split=split, filters=filters,  # type: ignore[arg-type]
+                          on_day=advance)
+    except BundleError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+    _print_metrics(metrics)
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+
+
+@app.command()
+def tune(
+    data: Path = typer.Option(..., "--data", help="Backblaze dump or window store."),
+    out: Path = typer.Option(Path("runs/tune"), "--out", help="Folder for the search state and results.json."),
+    arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm."),
+    trials: int = typer.Option(10, help="Bayesian optimisation trials."),
+    epochs: int = typer.Option(5, help="Epochs per trial."),
+    window: int = typer.Option(14, help="Longest window tried (shorter ones are its last steps)."),
+    horizon: int = typer.Option(7, help="L: predict failure within L days."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Bayesian search (KerasTuner) over learning rate, width, depth and window length."""
+    from rich.table import Table
+
+    from models.windows import WindowConfig
+    from training.tune import tune as search
+    from training.windowstore import WindowStore
+
+    store = WindowStore(_store_for(data, WindowConfig(window=window, horizon=horizon), None, seed, 1.0))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = search(store, out, arch=arch, trials=trials, epochs=epochs, seed=seed)
+    table = Table(title=f"KerasTuner results ({arch}), best first")
+    for col in rows[0] if rows else []:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    Console().print(table)
+    console.print(f"saved {out / 'results.json'}")
+
+
+@app.command()
+def worker(
+    model: Path = typer.Option(..., "--model", help="Model bundle directory (hot-swapped when it changes)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes in one consumer group."),
+    worker_index: int | None = typer.Option(None, hidden=True, help="Set by --workers for each child."),
+    score: bool = typer.Option(True, help="--no-score keeps windows but skips inference (benchmarks)."),
+) -> None:
+    """Consume telemetry, keep windows in Redis, score them, publish alerts and dead letters."""
+    import logging
+
+    from diskwatch.settings import Settings
+    from models.bundle import BundleError, read_manifest
+    from stream.runner import run_worker, run_workers
+
+    try:
+        read_manifest(model)
+    except BundleError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if workers > 1 and worker_index is None:
+        raise typer.Exit(run_workers(model, workers, score=score))
+    run_worker(settings, model, index=worker_index or 0, score=score)
+
+
+@app.command()
+def replay(
+    data: Path = typer.Option(..., "--data", help="Backblaze dump: CSV folder, quarterly zip, folder of zips."),
+    date_from: str | None = typer.Option(None, "--from", help="First day to replay (resume: the day after the last done)."),
+    date_to: str | None = typer.Option(None, "--to", help="Last day to replay."),
+    speed: float | None = typer.Option(None, "--speed", help="Days per second."),
+    rate: float | None = typer.Option(None, "--rate", help="Records per second."),
+    max_speed: bool = typer.Option(False, "--max", help="As fast as the broker takes it (default)."),
+    topic: str | None = typer.Option(None, "--topic", help="Target topic (default: settings' telemetry topic)."),
+    models: list[str] = typer.Option([], "--models", help="Only drive models containing this (repeatable)."),
+    dlq: bool = typer.Option(False, "--dlq", help="Send rows the reader rejects to the dead-letter topic."),
+) -> None:
+    """Replay historical days through Kafka in date order (TelemetryRecord JSON keyed by serial)."""
+    import asyncio
+
+    from diskwatch.replay import replay as run
+    from diskwatch.settings import Settings
+    from training.dumps import DumpFilter
+
+    if sum(x is not None and x is not False for x in (speed, rate, max_speed or None)) > 1:
+        raise typer.BadParameter("choose one of --speed, --rate, --max")
+    filters = DumpFilter(date_from=_date(date_from, "--from"), date_to=_date(date_to, "--to"), models=models)
+    started = time.monotonic()
+    progress_line = _replay_progress()
+    summary = asyncio.run(run(data, Settings(), topic=topic, filters=filters, speed=speed, rate=rate, dlq=dlq,
+                              on_day=progress_line))
+    console.print(
+        f"replayed {summary.days} days ({summary.first_day}..{summary.last_day}), {summary.records:,} records "
+        f"in {time.monotonic() - started:.1f}s ({summary.records_per_s:,.0f} records/s)"
+    )
+    if summary.invalid:
+        console.print(f"[yellow]invalid by reason[/]: {dict(summary.invalid)}"
+                      + (f"; {summary.dead_letters} sent to the dead-letter topic" if dlq else ""))
+
+
+def _replay_progress() -> Callable[..., None]:
+    """A rich progress line on a terminal, plain log lines otherwise."""
+    def line(day: dt.date, n: int, summary: Any) -> None:
+        message = f"{day}: {n:,} records ({summary.records:,} total, {summary.records_per_s:,.0f}/s)"
+        if console.is_terminal:
+            console.print(message, end="\r")
+        else:
+            console.print(message)
+
+    return line
+
+
+@app.command()
+def alerts(
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest alert."),
+    serial: str | None = typer.Option(None, "--serial", help="Only this drive."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON alert per line (for scripts)."),
+    topic: str | None = typer.Option(None, "--topic", help="Alert topic (default: settings)."),
+    idle_timeout: float | None = typer.Option(None, help="Exit after this many seconds without an alert."),
+    limit: int | None = typer.Option(None, help="Exit after this many alerts."),
+) -> None:
+    """Tail the alert topic: a live table, or --json lines."""
+    import asyncio
+
+    from rich.live import Live
+
+    from diskwatch.alerts import alert_table, tail_alerts
+    from diskwatch.alerts import as_json as to_json
+    from diskwatch.records import Alert
+    from diskwatch.settings import Settings
+
+    async def run() -> None:
+        stream = tail_alerts(Settings(), topic=topic, from_beginning=from_beginning, serial=serial,
+                             idle_timeout=idle_timeout, limit=limit)
+        if as_json:
+            async for alert in stream:
+                print(to_json(alert), flush=True)
+            return
+        seen: list[Alert] = []
+        with Live(alert_table(seen), console=Console(), refresh_per_second=4) as live:
+            async for alert in stream:
+                if isinstance(alert, Alert):
+                    seen.append(alert)
+                    live.update(alert_table(seen, title=f"drive alerts ({len(seen)})"))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+@app.command()
+def demo(
+    data: Path | None = typer.Option(None, "--data", help="Real Backblaze dump instead of the simulated fleet."),
+    drives: int = typer.Option(3000, help="Simulated drives."),
+    days: int = typer.Option(90, help="Simulated days."),
+    seed: int = typer.Option(7, help="Seed of the simulation and training."),
+    epochs: int = typer.Option(6, help="Training epochs (quick models)."),
+    speed: float | None = typer.Option(None, "--speed", help="Replay days per second (default: as fast as possible)."),
+) -> None:
+    """Simulate a fleet, train, stream it through a real worker, show alerts, summarize (needs the stack)."""
+    from diskwatch.demo import run_demo
+    from diskwatch.settings import Settings
+
+    run_demo(Settings(), data=data, drives=drives, days=days, seed=seed, epochs=epochs, speed=speed)
+
+
+def _print_metrics(metrics: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="per-drive results (alerts within lead_max days before failure)")
+    for col in ("detector", "ROC-AUC", "PR-AUC", "detected", "false alarms", "median lead (days)"):
+        table.add_column(col)
+    for name in ("classifier", "autoencoder", "combined", "smart_rule", "xgboost"):
+        if name not in metrics:
+            continue
+        w, d = metrics[name]["window"], metrics[name]["drive"]
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(
+            name, fmt(w["roc_auc"]), fmt(w["pr_auc"]),
+            f"{d['detected']}/{d['failed']} ({fmt(d['detection_rate'])})",
+            f"{d['false_alarms']}/{d['healthy']} ({fmt(d['false_alarm_rate'])})",
+            "-" if d["median_lead_days"] is None else f"{d['median_lead_days']:.1f}",
+        )
+    Console().print(table)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()
