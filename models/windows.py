@@ -1,0 +1,94 @@
+"""Window and label rules, shared by the sequence builder and the stream.
+
+A *window* is S daily steps ending on the scored day ``d``: steps
+``d-S+1 .. d``. Each step holds that day's transformed feature vector; a day
+without a report is an all-NaN step, which :meth:`FeatureSpec.finalize`
+forward-fills from the last report. Gap rule: reports may be at most ``G``
+days apart inside the window (with G = 2 one missing day is bridged, two are
+not); a longer gap restarts the drive's window, so the first full window after
+it ends S days later. The oldest step must be covered by a report on or
+before it under the same rule.
+
+Label rule: a window ending on day ``d`` of a drive that fails on day ``f`` is
+positive when ``0 <= f - d <= L``: the failure day itself counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class WindowConfig(BaseModel):
+    """S (window), L (horizon), G (max gap) and stride, in days."""
+
+    model_config = ConfigDict(frozen=True)
+
+    window: int = Field(14, ge=2, le=365)
+    horizon: int = Field(7, ge=0, le=365)
+    max_gap: int = Field(2, ge=1, le=60)
+    stride: int = Field(1, ge=1, le=365)
+
+    @model_validator(mode="after")
+    def _gap_below_window(self) -> WindowConfig:
+        if self.max_gap >= self.window:
+            raise ValueError("max_gap must be smaller than window")
+        return self
+
+
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def day_number(day: dt.date) -> int:
+    """Days since 1970-01-01: the integer day both sides store and compare."""
+    return (day - _EPOCH).days
+
+
+def from_day_number(number: int) -> dt.date:
+    return _EPOCH + dt.timedelta(days=int(number))
+
+
+def label(days_to_failure: np.ndarray | float, horizon: int) -> np.ndarray:
+    """1 where the failure is 0..horizon days after the window's last day."""
+    dtf = np.asarray(days_to_failure, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ((dtf >= 0) & (dtf <= horizon)).astype(np.int8)
+
+
+def assemble_window(
+    days: Sequence[dt.date],
+    vectors: np.ndarray,
+    end: dt.date,
+    config: WindowConfig,
+) -> np.ndarray | None:
+    """The window ending on ``end`` from one drive's reports, or None.
+
+    ``days`` are the drive's report dates in ascending order with matching
+    rows of ``vectors`` (``[n, F]``); only reports on or before ``end`` count.
+    Returns ``[S, F]`` float32 with NaN steps for bridged missing days, or
+    None when ``end`` has no report or a gap breaks the window.
+    """
+    reports = [i for i, day in enumerate(days) if day <= end]
+    if not reports or days[reports[-1]] != end:
+        return None
+    start = end - dt.timedelta(days=config.window - 1)
+    chosen: list[int] = []
+    newer = end
+    for i in reversed(reports):
+        if (newer - days[i]).days > config.max_gap:
+            return None
+        chosen.append(i)
+        newer = days[i]
+        if days[i] <= start:
+            break
+    else:
+        return None  # no report on or before the first step: window not full yet
+    out = np.full((config.window, vectors.shape[1]), np.nan, dtype=np.float32)
+    for i in chosen:
+        step = config.window - 1 - (end - days[i]).days
+        if step >= 0:
+            out[step] = vectors[i]
+    return out
