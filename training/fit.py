@@ -1,0 +1,315 @@
+"""Train the classifier, autoencoder (and RUL model) from a window store.
+
+Thresholds are chosen on the validation split only, then everything goes
+into a model bundle. Seeded: the same store, config and seed give the same
+bundle on the same backend and hardware.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import keras
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+
+from models.architectures import build
+from models.bundle import Thresholds, save_bundle
+from models.features import FeatureSpec
+from models.inference import Scorer, Scores
+from training import baseline
+from training.dataset import WindowDataset, balanced_class_weight
+from training.metrics import threshold_for_drive_far, threshold_max_f1
+from training.progress import RichProgress
+from training.windowstore import WindowStore
+
+
+class TrainConfig(BaseModel):
+    """Hyperparameters and policies of one training run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    arch: Literal["lstm", "gru", "rnn", "cnn-lstm"] = "lstm"
+    ae: Literal["lstm", "conv"] = "lstm"
+    depth: int = Field(2, ge=1, le=6)
+    width: int = Field(64, ge=4, le=1024)
+    latent: int = Field(16, ge=2, le=512)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(256, ge=8, le=8192)
+    patience: int = Field(4, ge=1, le=100)
+    healthy_per_positive: float = Field(
+        20.0, gt=0, description="Classifier: healthy windows drawn per positive, afresh each epoch."
+    )
+    ae_max_windows: int = Field(100_000, ge=100, description="Cap on healthy windows for the autoencoder.")
+    target_far: float = Field(0.01, gt=0, lt=1, description="Per-drive false-alarm rate to aim at.")
+    operating: Literal["far", "f1"] = "far"
+    rul: bool = True
+    rul_max_days: int = Field(60, ge=1, description="RUL trains on windows this close to failure.")
+    xgboost: bool = True
+    time_cutoff: dt.date | None = Field(None, description="Time split: train before, test from this day.")
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    bundle: Path
+    thresholds: Thresholds
+    histories: dict[str, dict[str, list[float]]]
+    validation: dict[str, Any]
+
+
+def train(
+    store: WindowStore,
+    out: Path | str,
+    config: TrainConfig,
+    *,
+    logdir: Path | None = None,
+    console: Console | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Fit every model on the store's train split and write a bundle to ``out``."""
+    console = console or Console(stderr=True)
+    keras.utils.set_random_seed(config.seed)
+    cutoff = config.time_cutoff
+    train_idx = store.select("train", time_cutoff=cutoff)
+    val_idx = store.select("val", time_cutoff=cutoff)
+    if store.labels[train_idx].sum() == 0:
+        raise ValueError(
+            "no failing-drive windows in the training split: the data needs failures "
+            "(more days or drives, or a longer --horizon)"
+        )
+    if val_idx.size == 0:
+        raise ValueError("the validation split is empty: more drives are needed")
+    spec = store.fit_scaler(train_idx)
+    window = store.config
+    shape = (window.window, spec.n_features)
+    logdir = logdir or Path(tempfile.mkdtemp(prefix="diskwatch-logs-"))
+    histories: dict[str, dict[str, list[float]]] = {}
+    info: dict[str, Any] = {}
+
+    # -- classifier ---------------------------------------------------------
+    clf_kind = config.arch
+    clf_hp: dict[str, Any] = {"width": config.width, "dropout": config.dropout, "learning_rate": config.learning_rate}
+    if clf_kind != "cnn-lstm":
+        clf_hp["depth"] = config.depth
+    classifier = build(clf_kind, *shape, **clf_hp)
+    train_ds = WindowDataset(
+        store, train_idx, spec, batch_size=config.batch_size,
+        healthy_per_positive=config.healthy_per_positive, seed=config.seed,
+    )
+    val_ds = WindowDataset(
+        store, val_idx, spec, batch_size=config.batch_size,
+        healthy_per_positive=config.healthy_per_positive * 5, shuffle=False, seed=config.seed + 1,
+    )
+    class_weight = balanced_class_weight(store.labels[train_ds.indices])
+    history = classifier.fit(
+        train_ds, validation_data=val_ds, epochs=config.epochs, class_weight=class_weight, verbose=0,
+        callbacks=_callbacks("classifier", config, logdir, console, monitor="val_pr_auc", mode="max"),
+    )
+    histories["classifier"] = _history(history)
+    info["classifier"] = {
+        "kind": clf_kind, **clf_hp, "class_weight": class_weight,
+        "healthy_per_positive": config.healthy_per_positive,
+        "train_windows_per_epoch": int(train_ds.indices.size),
+        "train_positives": int(store.labels[train_idx].sum()),
+        "epochs_run": len(histories["classifier"].get("loss", [])),
+    }
+
+    # -- autoencoder on healthy drives only --------------------------------
+    ae_kind = f"ae-{config.ae}"
+    ae_hp: dict[str, Any] = {"learning_rate": config.learning_rate}
+    if config.ae == "lstm":
+        ae_hp |= {"width": config.width, "latent": config.latent}
+    autoencoder = build(ae_kind, *shape, **ae_hp)
+    rng = np.random.default_rng(config.seed)
+    healthy_train = _healthy(store, train_idx, rng, config.ae_max_windows)
+    healthy_val = _healthy(store, val_idx, rng, max(config.ae_max_windows // 5, 100))
+    history = autoencoder.fit(
+        WindowDataset(store, healthy_train, spec, batch_size=config.batch_size, target="input", seed=config.seed),
+        validation_data=WindowDataset(store, healthy_val, spec, batch_size=config.batch_size, target="input",
+                                      shuffle=False),
+        epochs=config.epochs, verbose=0,
+        callbacks=_callbacks("autoencoder", config, logdir, console, monitor="val_loss", mode="min"),
+    )
+    histories["autoencoder"] = _history(history)
+    info["autoencoder"] = {
+        "kind": ae_kind, **ae_hp, "train_windows": int(healthy_train.size),
+        "epochs_run": len(histories["autoencoder"].get("loss", [])),
+    }
+
+    # -- optional RUL regressor --------------------------------------------
+    models: dict[str, keras.Model] = {"classifier": classifier, "autoencoder": autoencoder}
+    if config.rul:
+        dtf = store.days_to_failure
+        rul_train = train_idx[np.nan_to_num(dtf[train_idx], nan=np.inf) <= config.rul_max_days]
+        rul_val = val_idx[np.nan_to_num(dtf[val_idx], nan=np.inf) <= config.rul_max_days]
+        if rul_train.size >= 64 and rul_val.size >= 8:
+            rul = build("rul", *shape, width=config.width, learning_rate=config.learning_rate)
+            history = rul.fit(
+                WindowDataset(store, rul_train, spec, batch_size=64, target="days_to_failure", seed=config.seed),
+                validation_data=WindowDataset(store, rul_val, spec, batch_size=64, target="days_to_failure",
+                                              shuffle=False),
+                epochs=config.epochs, verbose=0,
+                callbacks=_callbacks("rul", config, logdir, console, monitor="val_loss", mode="min"),
+            )
+            histories["rul"] = _history(history)
+            models["rul"] = rul
+            info["rul"] = {"train_windows": int(rul_train.size), "max_days": config.rul_max_days}
+        else:
+            info["rul"] = {"skipped": f"only {rul_train.size} training windows near a failure (need 64)"}
+
+    # -- thresholds on the validation split --------------------------------
+    scorer = Scorer(classifier, autoencoder)
+    val_scores = score_indices(store, val_idx, spec, scorer)
+    thresholds, validation = choose_thresholds(store, val_idx, val_scores, config)
+    console.print(
+        f"thresholds: classifier {thresholds.classifier:.4g} ({thresholds.classifier_method}), "
+        f"autoencoder {thresholds.autoencoder:.4g} ({thresholds.autoencoder_method})"
+    )
+
+    # -- XGBoost per-day baseline on the same features and splits -----------
+    extras: dict[str, Path] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="diskwatch-train-"))
+    if config.xgboost and baseline.available():
+        model_path, xgb_info = baseline.fit(
+            store, train_idx, val_idx, spec, workdir / "baseline-xgboost.json",
+            target_far=config.target_far, healthy_per_positive=config.healthy_per_positive, seed=config.seed,
+        )
+        extras["xgboost"] = model_path
+        info["xgboost"] = xgb_info
+    else:
+        info["xgboost"] = {"skipped": "xgboost not installed" if config.xgboost else "disabled"}
+    extras["splits"] = _write_splits(store, workdir / "splits.json")
+
+    training = {
+        "data": store.manifest.get("data"),
+        "date_from": store.manifest.get("date_from"),
+        "date_to": store.manifest.get("date_to"),
+        "time_cutoff": cutoff.isoformat() if cutoff else None,
+        "split": "serial+time" if cutoff else "serial",
+        "split_drives": store.manifest.get("split_drives"),
+        "split_failed": store.manifest.get("split_failed"),
+        "windows": {"train": int(train_idx.size), "val": int(val_idx.size)},
+        "store_sampling": {"healthy_fraction": store.manifest.get("healthy_fraction")},
+        "config": config.model_dump(mode="json"),
+        "models": info,
+        "histories": histories,
+        "logdir": str(logdir),
+    }
+    bundle = save_bundle(
+        out, models=models, spec=spec, window=window, thresholds=thresholds,
+        architectures={"classifier": {"kind": clf_kind, **clf_hp}, "autoencoder": {"kind": ae_kind, **ae_hp}},
+        training=training, metrics={"validation": validation}, extras=extras, overwrite=overwrite,
+    )
+    return TrainResult(bundle, thresholds, histories, validation)
+
+
+def score_indices(
+    store: WindowStore, indices: np.ndarray, spec: FeatureSpec, scorer: Scorer, batch: int = 4096
+) -> Scores:
+    """Score stored windows in order with the shared inference engine."""
+    parts = [scorer.score(spec.finalize(store.load(indices[i : i + batch]))) for i in range(0, indices.size, batch)]
+    return concat_scores(parts, spec.n_features)
+
+
+def concat_scores(parts: list[Scores], n_features: int) -> Scores:
+    if not parts:
+        empty = np.zeros(0, np.float32)
+        return Scores(empty, empty, np.zeros((0, n_features), np.float32), None)
+    rul = None if parts[0].days_to_failure is None else np.concatenate([p.days_to_failure for p in parts])
+    return Scores(
+        np.concatenate([p.probability for p in parts]),
+        np.concatenate([p.anomaly for p in parts]),
+        np.concatenate([p.feature_error for p in parts]),
+        rul,
+    )
+
+
+def choose_thresholds(
+    store: WindowStore, idx: np.ndarray, scores: Scores, config: TrainConfig
+) -> tuple[Thresholds, dict[str, Any]]:
+    """Pick alert thresholds on validation windows.
+
+    The per-drive false-alarm budget ``target_far`` is split evenly between
+    the classifier and the autoencoder (a union bound), so the combined alert
+    rule — either detector fires — stays within the budget on validation.
+    The classifier's max-F1 threshold is recorded too (``--operating f1``).
+    """
+    labels = store.labels[idx]
+    serial = store.window_serial[idx]
+    failure_day = store.failure_day[serial]
+    half = config.target_far / 2
+    f1_thr = threshold_max_f1(labels, scores.probability)
+    far_thr = threshold_for_drive_far(scores.probability, serial, failure_day, half)
+    ae_thr = threshold_for_drive_far(scores.anomaly, serial, failure_day, half)
+    healthy_windows = failure_day < 0
+    ae_window_fpr = float((scores.anomaly[healthy_windows] >= ae_thr).mean()) if healthy_windows.any() else None
+    if config.operating == "f1" and np.isfinite(f1_thr):
+        operating, method = f1_thr, "max window F1 on validation"
+    else:
+        operating, method = far_thr, f"per-drive false-alarm rate <= {half:g} on validation (half the budget)"
+    thresholds = Thresholds(
+        classifier=float(operating),
+        classifier_method=method,
+        classifier_max_f1=float(f1_thr) if np.isfinite(f1_thr) else None,
+        classifier_target_far=config.target_far,
+        autoencoder=float(ae_thr),
+        autoencoder_method=(
+            f"per-drive false-positive rate <= {half:g} read off the validation ROC of healthy drives "
+            "(half the false-alarm budget)"
+        ),
+        autoencoder_target_fpr=half,
+    )
+    validation = {
+        "windows": int(idx.size),
+        "positives": int(labels.sum()),
+        "drives": int(np.unique(serial).size),
+        "failed_drives": int(np.unique(serial[failure_day >= 0]).size),
+        "autoencoder_window_fpr": ae_window_fpr,
+    }
+    return thresholds, validation
+
+
+def _healthy(store: WindowStore, idx: np.ndarray, rng: np.random.Generator, cap: int) -> np.ndarray:
+    """Windows of drives that never fail in the data, at most ``cap``."""
+    never_fail = store.failure_day[store.window_serial[idx]] < 0
+    healthy = idx[never_fail]
+    if healthy.size > cap:
+        healthy = np.sort(rng.choice(healthy, size=cap, replace=False))
+    return healthy
+
+
+def _callbacks(
+    name: str, config: TrainConfig, logdir: Path, console: Console, *, monitor: str, mode: str
+) -> list[keras.callbacks.Callback]:
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=config.patience, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)),
+        RichProgress(name, config.epochs, console),
+    ]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logdir / name), write_graph=False))
+    return callbacks
+
+
+def _history(history: keras.callbacks.History) -> dict[str, list[float]]:
+    return {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def _write_splits(store: WindowStore, path: Path) -> Path:
+    """Which serial was in which split, so evaluation can stay out-of-sample."""
+    import json
+
+    mapping = dict(zip(store.serials, store.split_of.tolist(), strict=True))
+    path.write_text(json.dumps(mapping, separators=(",", ":"), sort_keys=True))
+    return path
