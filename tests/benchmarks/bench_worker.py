@@ -1,0 +1,256 @@
+"""Benchmark: records/s through the real worker on the local Kafka + Redis stack.
+
+Measured in one run, on the same topic of simulated telemetry:
+
+* ``plain``: a bare aiokafka consume loop (the ceiling for any consumer);
+* ``no_score``: ``diskwatch worker --no-score`` (validation, Redis windows,
+  DLQ, commits — everything but inference);
+* ``score``: ``diskwatch worker`` with default-size models (an LSTM
+  classifier depth 2 x 64 and an LSTM autoencoder, window 14);
+* ``engine``: the inference engine alone on windows of the worker's batch
+  size, and raw ``predict_on_batch`` on the same batches;
+* Redis bytes per tracked serial (``MEMORY USAGE`` of window keys).
+
+Targets: no_score >= 0.5 x plain; score windows/s >= 0.8 x engine; engine >=
+0.9 x raw predict. Needs the stack: ``deploy/local/stack up``.
+
+    python tests/benchmarks/bench_worker.py [--drives 2000] [--days 21]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_bundle(root: Path) -> Path:
+    """Default-size, untrained models: throughput does not depend on the weights."""
+    import numpy as np
+
+    from models.architectures import build
+    from models.bundle import Thresholds, save_bundle
+    from models.features import FeatureSpec, ScalerStats
+    from models.windows import WindowConfig
+
+    spec = FeatureSpec()
+    stats = ScalerStats(spec.n_features)
+    stats.update(np.random.default_rng(0).random((100, spec.n_features)) * 10)
+    window = WindowConfig()
+    models = {"classifier": build("lstm", window.window, spec.n_features),
+              "autoencoder": build("ae-lstm", window.window, spec.n_features)}
+    thresholds = Thresholds(classifier=0.99, classifier_method="benchmark", autoencoder=1e9,
+                            autoencoder_method="benchmark")
+    return save_bundle(root / "bundle", models=models, spec=spec.fitted(stats), window=window,
+                       thresholds=thresholds)
+
+
+def records(drives: int, days: int, root: Path) -> list[tuple[bytes, bytes]]:
+    import csv
+
+    from diskwatch.records import TelemetryRecord
+    from training.synth import FleetConfig, write_fleet
+
+    write_fleet(FleetConfig(drives=drives, days=days, start=dt.date(2024, 1, 1), seed=5), root / "dump", progress=False)
+    out = []
+    for path in sorted((root / "dump").glob("*.csv")):
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                r = TelemetryRecord.from_backblaze_row(row)
+                out.append((r.serial_number.encode(), r.to_json()))
+    return out
+
+
+async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], partitions: int) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20,
+                                compression_type="lz4" if _has_lz4() else None)
+    await producer.start()
+    futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+    await asyncio.gather(*futures)
+    await producer.stop()
+
+
+def _has_lz4() -> bool:
+    try:
+        import lz4  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def plain_consume(bootstrap: str, topic: str, n: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bench-plain-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=True, max_poll_records=5000)
+    await consumer.start()
+    got = 0
+    start = None
+    while got < n:
+        batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+        count = sum(len(v) for v in batch.values())
+        if count and start is None:
+            start = time.perf_counter()
+        got += count
+    elapsed = time.perf_counter() - (start or time.perf_counter())
+    await consumer.stop()
+    return elapsed
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return -1.0
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: float = 900) -> dict[str, float]:
+    port = free_port()
+    env = {**env, "DISKWATCH_METRICS_PORT": str(port), "DISKWATCH_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
+           "DISKWATCH_REDIS_KEY_PREFIX": f"bench:{uuid.uuid4().hex[:6]}"}
+    cmd = [sys.executable, "-m", "diskwatch", "worker", "--model", str(bundle)] + ([] if score else ["--no-score"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        start = None
+        while time.monotonic() < deadline:
+            done = metric(port, "diskwatch_records_in_total")
+            if done > 0 and start is None:
+                start, first = time.perf_counter(), done
+            if done >= n:
+                elapsed = time.perf_counter() - start
+                windows = metric(port, "diskwatch_windows_scored_total")
+                return {"seconds": elapsed, "records": n - first, "windows": windows, "prefix": env["DISKWATCH_REDIS_KEY_PREFIX"]}
+            time.sleep(0.05)
+        raise TimeoutError("worker did not finish")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def engine_vs_raw(bundle_path: Path, batch: int, seconds: float = 3.0) -> dict[str, float]:
+    import numpy as np
+
+    from models.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    scorer = bundle.scorer(max_batch=batch)
+    scorer.warmup()
+    x = np.random.default_rng(0).random((batch, bundle.window.window, bundle.spec.n_features), dtype=np.float32)
+    bundle.classifier.predict_on_batch(x)
+    bundle.autoencoder.predict_on_batch(x)
+
+    def rate(fn) -> float:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn()
+            n += batch
+        return n / (time.perf_counter() - t0)
+
+    engine = rate(lambda: scorer.score(x))
+    raw = rate(lambda: (bundle.classifier.predict_on_batch(x), bundle.autoencoder.predict_on_batch(x)))
+    return {"engine_windows_per_s": engine, "raw_predict_windows_per_s": raw}
+
+
+def redis_bytes_per_serial(url: str, prefix: str) -> float:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = [k for _, k in zip(range(200), client.scan_iter(match=f"{prefix}:w:*", count=1000), strict=False)]
+    sizes = [client.memory_usage(k) or 0 for k in keys]
+    all_keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
+    if all_keys:
+        client.delete(*all_keys)
+    return sum(sizes) / len(sizes) if sizes else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--drives", type=int, default=2000)
+    parser.add_argument("--days", type=int, default=21)
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=512)
+    args = parser.parse_args()
+
+    from diskwatch.settings import Settings
+
+    settings = Settings()
+    bootstrap = settings.kafka_bootstrap_servers
+    redis_url = settings.redis_url.get_secret_value()
+    with tempfile.TemporaryDirectory(prefix="dw-bench-worker-") as tmp:
+        root = Path(tmp)
+        bundle = make_bundle(root)
+        messages = records(args.drives, args.days, root)
+        topic = f"bench-telemetry-{uuid.uuid4().hex[:6]}"
+        asyncio.run(produce(bootstrap, topic, messages, args.partitions))
+        n = len(messages)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISKWATCH_")}
+        env.update(DISKWATCH_KAFKA_BOOTSTRAP_SERVERS=bootstrap, DISKWATCH_REDIS_URL=redis_url,
+                   DISKWATCH_TOPIC_TELEMETRY=topic, DISKWATCH_TOPIC_ALERTS=f"{topic}-alerts",
+                   DISKWATCH_TOPIC_DEAD_LETTERS=f"{topic}-dlq", DISKWATCH_BATCH_SIZE=str(args.batch_size),
+                   TF_CPP_MIN_LOG_LEVEL="3")
+        plain_s = asyncio.run(plain_consume(bootstrap, topic, n))
+        no_score = run_worker(bundle, env, n, score=False)
+        redis_bytes = redis_bytes_per_serial(redis_url, no_score["prefix"])
+        scored = run_worker(bundle, env, n, score=True)
+        redis_bytes_per_serial(redis_url, scored["prefix"])
+        engine = engine_vs_raw(bundle, args.batch_size)
+    plain_rate = n / plain_s
+    no_score_rate = no_score["records"] / no_score["seconds"]
+    score_rate = scored["records"] / scored["seconds"]
+    score_windows_rate = scored["windows"] / scored["seconds"]
+    print(json.dumps({
+        "benchmark": "worker",
+        "records": n,
+        "drives": args.drives,
+        "days": args.days,
+        "batch_size": args.batch_size,
+        "partitions": args.partitions,
+        "plain_consume_records_per_s": round(plain_rate),
+        "worker_no_score_records_per_s": round(no_score_rate),
+        "worker_score_records_per_s": round(score_rate),
+        "worker_score_windows_per_s": round(score_windows_rate),
+        "windows_scored": int(scored["windows"]),
+        "engine_windows_per_s": round(engine["engine_windows_per_s"]),
+        "raw_predict_windows_per_s": round(engine["raw_predict_windows_per_s"]),
+        "ratio_no_score_vs_plain": round(no_score_rate / plain_rate, 3),
+        "ratio_score_windows_vs_engine": round(score_windows_rate / engine["engine_windows_per_s"], 3),
+        "ratio_score_records_vs_plain": round(score_rate / plain_rate, 3),
+        "ratio_engine_vs_raw_predict": round(engine["engine_windows_per_s"] / engine["raw_predict_windows_per_s"], 3),
+        "redis_bytes_per_serial": round(redis_bytes),
+        "targets": {"no_score_vs_plain": 0.5, "score_vs_engine": 0.8, "engine_vs_raw": 0.9},
+    }))
+
+
+if __name__ == "__main__":
+    main()

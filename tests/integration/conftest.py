@@ -1,0 +1,37 @@
+"""Fixtures for worker tests: a simulated fleet and a small bundle trained on it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from models.windows import WindowConfig
+from training.fit import TrainConfig, train
+from training.synth import FleetConfig, write_fleet
+from training.windowstore import WindowStore, build_store
+
+WINDOW = WindowConfig(window=7, horizon=5, max_gap=2)
+
+
+@pytest.fixture(scope="session")
+def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim-fleet")
+    write_fleet(FleetConfig(drives=800, days=40, start=dt.date(2024, 1, 1), seed=11, failure_boost=30.0), out,
+                progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sim_truth(sim_fleet: Path) -> dict:
+    return json.loads((sim_fleet / "fleet.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def sim_bundle(sim_fleet: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sim-bundle")
+    store = WindowStore(build_store(sim_fleet, root / "store", config=WINDOW, seed=2).store)
+    config = TrainConfig(epochs=4, width=16, depth=1, latent=4, batch_size=64, seed=2, xgboost=False, rul=False)
+    return train(store, root / "bundle", config).bundle

@@ -1,0 +1,123 @@
+"""`diskwatch replay` against the real broker, and replay → worker → alerts end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import math
+from pathlib import Path
+
+import pytest
+
+from diskwatch.records import TelemetryRecord
+from diskwatch.replay import replay
+from diskwatch.settings import Settings
+from models.bundle import load_bundle
+from tests.integration.workers import Stream, WorkerProcess, read_records
+from training.dumps import DumpFilter
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def settings_for(stream: Stream) -> Settings:
+    return Settings(
+        kafka_bootstrap_servers=stream.bootstrap, topic_telemetry=stream.telemetry, topic_alerts=stream.alerts,
+        topic_dead_letters=stream.dlq,
+    )
+
+
+def first_days(src: Path, dst: Path, n: int) -> Path:
+    dst.mkdir()
+    for path in sorted(src.glob("*.csv"))[:n]:
+        (dst / path.name).write_bytes(path.read_bytes())
+    return dst
+
+
+def test_replay_delivers_every_row_as_the_record_it_is(kafka_bootstrap: str, redis_url: str, sim_fleet: Path,
+                                                      tmp_path: Path) -> None:
+    dump = first_days(sim_fleet, tmp_path / "d", 3)
+    stream = Stream(kafka_bootstrap, redis_url, partitions=3)
+    asyncio.run(stream.create_topics())
+    summary = asyncio.run(replay(dump, settings_for(stream)))
+    messages = asyncio.run(stream.read(stream.telemetry, expect=summary.records))
+    expected = read_records(dump)
+    assert summary.days == 3 and summary.records == len(expected) == len(messages)
+    got = sorted((TelemetryRecord.parse(m) for m in messages), key=lambda r: (r.date, r.serial_number))
+    want = sorted((r.model_copy(update={"extra": {}}) for r in expected), key=lambda r: (r.date, r.serial_number))
+    assert got == want
+
+
+def test_replay_resumes_from_a_day(kafka_bootstrap: str, redis_url: str, sim_fleet: Path, tmp_path: Path) -> None:
+    dump = first_days(sim_fleet, tmp_path / "d", 4)
+    days = sorted(dt.date.fromisoformat(p.stem) for p in dump.glob("*.csv"))
+    whole, parts = Stream(kafka_bootstrap, redis_url), Stream(kafka_bootstrap, redis_url)
+    for s in (whole, parts):
+        asyncio.run(s.create_topics())
+    asyncio.run(replay(dump, settings_for(whole)))
+    first = asyncio.run(replay(dump, settings_for(parts), filters=DumpFilter(date_to=days[1])))
+    rest = asyncio.run(replay(dump, settings_for(parts), filters=DumpFilter(date_from=days[2])))
+    a = asyncio.run(whole.read(whole.telemetry, expect=first.records + rest.records))
+    b = asyncio.run(parts.read(parts.telemetry, expect=first.records + rest.records))
+    assert a == b and first.days == rest.days == 2
+
+
+def test_replay_counts_bad_rows_and_sends_them_to_the_dlq(kafka_bootstrap: str, redis_url: str,
+                                                         tmp_path: Path) -> None:
+    dump = tmp_path / "d"
+    dump.mkdir()
+    (dump / "2024-01-01.csv").write_text(
+        "date,serial_number,model,capacity_bytes,failure,smart_5_raw,smart_5_normalized\n"
+        "2024-01-01,A,M,100,0,3,100\n"
+        "2024-01-01,,M,100,0,3,100\n"          # missing serial
+        "2024-01-01,B,M,100,5,3,100\n"         # failure not 0/1
+        "2024-01-01,C,M,100,0,oops,300\n"      # bad cells: dropped to null, row kept
+        "2024-01-01,D,M\n"                     # wrong field count
+    )
+    stream = Stream(kafka_bootstrap, redis_url)
+    asyncio.run(stream.create_topics())
+    summary = asyncio.run(replay(dump, settings_for(stream), dlq=True))
+    assert summary.records == 2
+    assert summary.invalid == {"missing_serial": 1, "bad_failure": 1, "wrong_field_count": 1,
+                               "non_numeric:smart_5_raw": 1, "bad_normalized:smart_5_normalized": 1}
+    letters = asyncio.run(stream.read(stream.dlq, expect=3))
+    assert sorted(x["reason_code"] for x in letters) == ["bad_failure", "missing_serial", "wrong_field_count"]
+    records = [TelemetryRecord.parse(m) for m in asyncio.run(stream.read(stream.telemetry, expect=2))]
+    assert {r.serial_number: r.raw(5) for r in records} == {"A": 3, "C": None}
+
+
+@pytest.mark.slow
+def test_replayed_fleet_through_a_worker_catches_failures(
+    kafka_bootstrap: str, redis_url: str, sim_fleet: Path, sim_truth: dict, sim_bundle: Path,
+) -> None:
+    """End to end: replay → worker → alerts; precursor failures caught, false alarms within target."""
+    stream = Stream(kafka_bootstrap, redis_url, partitions=2)
+    asyncio.run(stream.create_topics())
+    with WorkerProcess(stream, sim_bundle):
+        summary = asyncio.run(replay(sim_fleet, settings_for(stream)))
+        assert summary.records > 20_000
+        alerts = asyncio.run(stream.read(stream.alerts, idle_s=15, timeout_s=600))
+    bundle = load_bundle(sim_bundle)
+    horizon = bundle.window.horizon
+    first_day = dt.date.fromisoformat(sim_truth["start"])
+    alerted: dict[str, list[dt.date]] = {}
+    for a in alerts:
+        alerted.setdefault(a["serial_number"], []).append(dt.date.fromisoformat(a["date"]))
+
+    def history(f: dict) -> int:
+        return (dt.date.fromisoformat(f["failure_date"]) - max(first_day, dt.date.fromisoformat(f["first_date"]))).days
+
+    catchable = {s: f for s, f in sim_truth["failures"].items()
+                 if f["precursor"] and history(f) >= bundle.window.window + horizon}
+    caught = [s for s, f in catchable.items()
+              if any(0 <= (dt.date.fromisoformat(f["failure_date"]) - d).days <= horizon for d in alerted.get(s, []))]
+    assert len(catchable) >= 5
+    assert len(caught) >= 0.5 * len(catchable), f"caught {len(caught)} of {len(catchable)}"
+
+    with (sim_fleet / sorted(p.name for p in sim_fleet.glob("*.csv"))[0]).open(newline="") as handle:
+        drives = {row["serial_number"] for row in csv.DictReader(handle)}
+    healthy = drives - set(sim_truth["failures"])
+    false_alarms = len(healthy & set(alerted))
+    target = bundle.thresholds.classifier_target_far or 0.01
+    allowed = target * len(healthy) + 3 * math.sqrt(target * len(healthy)) + 1
+    assert false_alarms <= allowed, f"{false_alarms} false alarms on {len(healthy)} healthy drives"

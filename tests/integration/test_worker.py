@@ -1,0 +1,380 @@
+"""The streaming worker against the real local Kafka and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import random
+import shutil
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from diskwatch.records import TelemetryRecord
+from models.alerting import severity
+from models.bundle import load_bundle, read_manifest
+from models.features import FeatureSpec
+from models.inference import Scores
+from stream.windowstate import DriveState, spec_fingerprint, window_key
+from tests.integration.workers import Stream, WorkerProcess, http_get, read_records
+from training.evaluate import score_dump
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_failing(truth: dict, fleet_days: list[dt.date], count: int, min_history: int = 10) -> list[str]:
+    """Failing drives with precursors and enough history before the failure."""
+    start = fleet_days[0]
+    fails = [
+        s for s, f in sorted(truth["failures"].items())
+        if f["precursor"] and (dt.date.fromisoformat(f["failure_date"]) - max(start, dt.date.fromisoformat(f["first_date"]))).days >= min_history
+    ][:count]
+    return fails
+
+
+def expected_alerts(bundle_path: Path, dump: Path) -> tuple[set[tuple[str, str, str]], dict]:
+    """What the offline path (same features, windows, scorer and rule) says should alert."""
+    bundle = load_bundle(bundle_path)
+    scored = score_dump(bundle, dump, split="all")
+    names = scored["serial_names"]
+    scores = Scores(scored["probability"], scored["anomaly"], np.zeros((scored["anomaly"].size, 0)), None)
+    levels = severity(scores, bundle.thresholds)
+    expected: set[tuple[str, str, str]] = set()
+    current: dict[int, int] = {}
+    order = np.lexsort((scored["end_day"], scored["serial"]))
+    for i in order:
+        sid = int(scored["serial"][i])
+        level = int(levels[i])
+        if level > current.get(sid, 0):
+            day = dt.date(1970, 1, 1) + dt.timedelta(days=int(scored["end_day"][i]))
+            expected.add((names[sid], day.isoformat(), "critical" if level == 2 else "warning"))
+        current[sid] = level
+    return expected, scored
+
+
+def write_subset(src: Path, dst: Path, serials: set[str]) -> Path:
+    """A smaller dump with only some drives (same CSV layout)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.glob("*.csv")):
+        lines = path.read_text().splitlines()
+        keep = [lines[0]] + [ln for ln in lines[1:] if ln.split(",", 2)[1] in serials]
+        (dst / path.name).write_text("\n".join(keep) + "\n")
+    return dst
+
+
+@functools.lru_cache(maxsize=8)
+def bundle_spec(bundle_path: Path) -> FeatureSpec:
+    return read_manifest(bundle_path).feature_spec
+
+
+def drive_state(client: redis.Redis, stream: Stream, bundle_path: Path, serial: str) -> DriveState:
+    spec = bundle_spec(bundle_path)
+    key = window_key(stream.prefix, spec_fingerprint(spec), serial)
+    flat = [x for pair in client.hgetall(key).items() for x in pair]
+    return DriveState.parse(flat, spec.n_features)
+
+
+def wait_for(condition, timeout: float, what: str, worker: WorkerProcess | None = None,
+             interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if worker is not None and not worker.alive():
+            pytest.fail(f"worker exited while waiting for {what}:\n{worker.output()[-4000:]}")
+        time.sleep(interval)
+    tail = worker.output()[-4000:] if worker else ""
+    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{tail}")
+
+
+def stored_days(client: redis.Redis, stream: Stream, bundle_path: Path, serials: list[str]) -> int:
+    return sum(len(drive_state(client, stream, bundle_path, s).days) for s in serials)
+
+
+@pytest.fixture
+def sync_redis(redis_url: str):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def cleanup(client: redis.Redis, stream: Stream) -> None:
+    keys = list(client.scan_iter(match=f"{stream.prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_stream_alerts_match_offline_scoring_and_bad_input_goes_to_dlq(
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_truth: dict,
+    sim_bundle: Path, tmp_path: Path,
+) -> None:
+    days = sorted(dt.date.fromisoformat(p.stem) for p in sim_fleet.glob("*.csv"))
+    failing = pick_failing(sim_truth, days, 6)
+    all_serials = sorted({r.serial_number for r in read_records(sim_fleet) if r.date == days[0]})
+    healthy = [s for s in all_serials if s not in sim_truth["failures"] and s not in sim_truth.get("retired", {})][:40]
+    dump = write_subset(sim_fleet, tmp_path / "subset", set(failing) | set(healthy))
+    expected, _ = expected_alerts(sim_bundle, dump)
+    caught = {s for s, d, _ in expected if s in failing and d < sim_truth["failures"][s]["failure_date"]}
+    assert caught, "the bundle should flag at least one failing drive with precursors before it fails"
+
+    records = read_records(dump)
+    bad: list[tuple[bytes | None, bytes]] = [
+        (b"k1", b"{not json"),
+        (b"k2", json.dumps({"date": "2024-01-05", "serial_number": 123}).encode()),
+        (b"k3", json.dumps({"date": "2024-01-05", "serial_number": "Z", "smart": {"5": [1, 999]}}).encode()),
+        (b"k4", json.dumps({"date": "2024-01-05", "serial_number": "Z", "smart": {"5": [-1, 100]}}).encode()),
+        (b"k5", json.dumps({"date": "2024-01-05", "serial_number": "Z", "capacity_bytes": 10**17}).encode()),
+        (b"k6", json.dumps({"date": "2024-01-05", "serial_number": "Z", "colour": "red"}).encode()),
+        (b"k7", b"\xff\xfe\x00garbage"),
+        (None, b""),
+    ]
+    messages = [(r.serial_number.encode(), r.to_json()) for r in records]
+    for i, item in enumerate(bad):  # interleave: the worker must keep going after each
+        messages.insert((i + 1) * len(messages) // (len(bad) + 1), item)
+
+    port = free_port()
+    stream = Stream(kafka_bootstrap, redis_url)
+    asyncio.run(stream.create_topics())
+    try:
+        with WorkerProcess(stream, sim_bundle, DISKWATCH_METRICS_PORT=port) as worker:
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 120, "worker health", worker)
+            asyncio.run(stream.produce(messages))
+            wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, failing[:1] + healthy[:1]) > 0,
+                     120, "records in Redis", worker)
+            letters = asyncio.run(stream.read(stream.dlq, expect=len(bad), timeout_s=120))
+            alerts = asyncio.run(stream.read(stream.alerts, expect=len(expected), timeout_s=180, idle_s=8))
+            status, metrics_text = http_get(f"http://127.0.0.1:{port}/metrics")
+            health = json.loads(http_get(f"http://127.0.0.1:{port}/healthz")[1])
+    finally:
+        cleanup(sync_redis, stream)
+
+    assert {letter["reason_code"] for letter in letters} >= {"malformed_json", "missing_serial", "bad_normalized",
+                                                       "bad_raw", "bad_capacity", "unknown_field"}
+    assert len(letters) == len(bad)
+    assert all(x["source_topic"] == stream.telemetry and x["source_offset"] is not None for x in letters)
+    assert any(x["payload_encoding"] == "base64" for x in letters)
+
+    got = {(a["serial_number"], a["date"], a["severity"]) for a in alerts}
+    assert got == expected
+    assert len(alerts) == len({a["idempotency_key"] for a in alerts})
+    for alert in alerts:
+        assert alert["reasons"] and alert["reasons"][0]["feature"].startswith("smart_")
+        assert alert["window_end"] == alert["date"]
+    false_alarms = {a["serial_number"] for a in alerts} & set(healthy)
+    assert len(false_alarms) <= max(1, len(healthy) // 10)
+
+    assert status == 200 and "diskwatch_records_in_total" in metrics_text
+    malformed = sum(x["reason_code"] == "malformed_json" for x in letters)
+    assert f'diskwatch_records_invalid_total{{reason="malformed_json"}} {malformed:.1f}' in metrics_text
+    assert health["status"] == "ok" and health["assigned"] == [f"{stream.telemetry}:0"]
+
+
+def test_duplicates_and_shuffled_days_give_identical_windows_and_alerts(
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_truth: dict,
+    sim_bundle: Path,
+) -> None:
+    days = sorted(dt.date.fromisoformat(p.stem) for p in sim_fleet.glob("*.csv"))
+    failing = pick_failing(sim_truth, days, 3)
+    first_day = [r for r in read_records(sim_fleet) if r.date == days[0]]
+    healthy = [r.serial_number for r in first_day if r.serial_number not in sim_truth["failures"]][:7]
+    chosen = failing + healthy
+    records = read_records(sim_fleet, chosen)
+
+    def renamed(prefix: str, rs: list[TelemetryRecord]) -> list[TelemetryRecord]:
+        return [r.model_copy(update={"serial_number": prefix + r.serial_number}) for r in rs]
+
+    ordered = renamed("A-", records)
+    messy = renamed("B-", records) + renamed("B-", random.Random(5).sample(records, len(records) // 3))
+    random.Random(7).shuffle(messy)
+
+    stream = Stream(kafka_bootstrap, redis_url)
+    asyncio.run(stream.create_topics())
+    try:
+        with WorkerProcess(stream, sim_bundle, DISKWATCH_BATCH_SIZE=5000, DISKWATCH_BATCH_LINGER_S=2) as worker:
+            asyncio.run(stream.produce_records(ordered))
+            wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, ["A-" + s for s in chosen]) > 0, 120,
+                     "ordered records", worker)
+            asyncio.run(stream.produce_records(messy))  # one burst → one batch
+            wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, ["B-" + s for s in chosen])
+                     == stored_days(sync_redis, stream, sim_bundle, ["A-" + s for s in chosen]), 120,
+                     "shuffled records", worker)
+            first = asyncio.run(stream.read(stream.alerts, idle_s=6))
+            before = {s: drive_state(sync_redis, stream, sim_bundle, "B-" + s) for s in chosen}
+            asyncio.run(stream.produce_records(renamed("B-", records)))  # every record again, later
+            time.sleep(4)
+            second = asyncio.run(stream.read(stream.alerts, idle_s=6))
+            after = {s: drive_state(sync_redis, stream, sim_bundle, "B-" + s) for s in chosen}
+    finally:
+        cleanup(sync_redis, stream)
+
+    by_prefix: dict[str, set[tuple[str, str, str, float]]] = {"A-": set(), "B-": set()}
+    for alert in first:
+        prefix, serial = alert["serial_number"][:2], alert["serial_number"][2:]
+        by_prefix[prefix].add((serial, alert["date"], alert["severity"], round(alert["failure_probability"], 5)))
+    assert by_prefix["A-"] == by_prefix["B-"]
+    assert any(s in failing for s, *_ in by_prefix["A-"]), "expected at least one alert on a failing drive"
+    assert len(second) == len(first), "re-sent duplicates must not create alerts"
+    for s in chosen:
+        assert before[s].days == after[s].days
+        np.testing.assert_array_equal(before[s].vectors, after[s].vectors)
+
+
+def test_windows_match_between_orders(
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_bundle: Path,
+) -> None:
+    """Stored day vectors are identical whatever the arrival order."""
+    records = read_records(sim_fleet)[:600]
+    serials = sorted({r.serial_number for r in records})
+    shuffled = list(records)
+    random.Random(3).shuffle(shuffled)
+    stream_a, stream_b = Stream(kafka_bootstrap, redis_url), Stream(kafka_bootstrap, redis_url)
+    try:
+        for stream, rs in ((stream_a, records), (stream_b, shuffled + shuffled[:100])):
+            asyncio.run(stream.create_topics())
+            with WorkerProcess(stream, sim_bundle, DISKWATCH_BATCH_SIZE=2000, DISKWATCH_BATCH_LINGER_S=2) as w:
+                asyncio.run(stream.produce_records(rs))
+                wait_for(lambda s=stream: stored_days(sync_redis, s, sim_bundle, serials) == len(records), 120,
+                         "all records stored", w)
+        for serial in serials:
+            a = drive_state(sync_redis, stream_a, sim_bundle, serial)
+            b = drive_state(sync_redis, stream_b, sim_bundle, serial)
+            assert a.days == b.days
+            np.testing.assert_array_equal(a.vectors, b.vectors)
+    finally:
+        cleanup(sync_redis, stream_a)
+        cleanup(sync_redis, stream_b)
+
+
+def test_sigkill_mid_stream_then_restart_loses_nothing(
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_truth: dict,
+    sim_bundle: Path,
+) -> None:
+    bundle = load_bundle(sim_bundle)
+    keep = bundle.window.window + bundle.window.max_gap
+    records = read_records(sim_fleet)
+    by_serial: dict[str, list[TelemetryRecord]] = {}
+    for r in records:
+        by_serial.setdefault(r.serial_number, []).append(r)
+    # Each drive's last `keep` days: every one of them must stay in its window.
+    chosen = {s: rs[-keep:] for s, rs in sorted(by_serial.items())}
+    send = [r for rs in chosen.values() for r in rs]
+    probe = list(chosen)[:5]
+    stream = Stream(kafka_bootstrap, redis_url)
+    asyncio.run(stream.create_topics())
+    small = {"DISKWATCH_BATCH_SIZE": 16, "DISKWATCH_BATCH_LINGER_S": 0.05}
+    try:
+        asyncio.run(stream.produce_records(send))
+        first = WorkerProcess(stream, sim_bundle, **small).start()
+        wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, probe) > 0, 120,
+                 "some progress before the kill", first, interval=0.05)
+        first.kill()
+        partial = stored_days(sync_redis, stream, sim_bundle, list(chosen))
+        assert partial < len(send), "the kill came too late to test anything"
+        with WorkerProcess(stream, sim_bundle, **small) as second:
+            wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, list(chosen)) == len(send), 180,
+                     "every record in a window after restart", second)
+            alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+    finally:
+        cleanup(sync_redis, stream)
+    keys = Counter(a["idempotency_key"] for a in alerts)
+    assert not [k for k, n in keys.items() if n > 1], f"duplicate alerts: {keys.most_common(3)}"
+
+
+def test_two_workers_share_four_partitions_and_survive_rebalance(
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_bundle: Path,
+) -> None:
+    bundle = load_bundle(sim_bundle)
+    keep = bundle.window.window + bundle.window.max_gap
+    by_serial: dict[str, list[TelemetryRecord]] = {}
+    for r in read_records(sim_fleet):
+        by_serial.setdefault(r.serial_number, []).append(r)
+    chosen = {s: rs[-keep:] for s, rs in sorted(by_serial.items())[:300]}
+    records = [r for rs in chosen.values() for r in rs]
+    half = len(records) // 2
+    stream = Stream(kafka_bootstrap, redis_url, partitions=4)
+    asyncio.run(stream.create_topics())
+    port_a, port_b = free_port(), free_port()
+    try:
+        a = WorkerProcess(stream, sim_bundle, DISKWATCH_METRICS_PORT=port_a).start()
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port_a}/healthz")[0] == 200, 120, "worker A", a)
+        asyncio.run(stream.produce_records(records[:half]))
+        b = WorkerProcess(stream, sim_bundle, DISKWATCH_METRICS_PORT=port_b).start()
+
+        def assigned(port: int) -> list[str]:
+            code, body = http_get(f"http://127.0.0.1:{port}/healthz")
+            return json.loads(body)["assigned"] if code == 200 else []
+
+        wait_for(lambda: len(assigned(port_a)) == 2 and len(assigned(port_b)) == 2, 120,
+                 "the group to split 4 partitions 2+2", b)
+        asyncio.run(stream.produce_records(records[half:]))
+        a.stop()  # partitions move back to B
+        wait_for(lambda: len(assigned(port_b)) == 4, 120, "B to take all 4 partitions", b)
+        asyncio.run(stream.produce_records(records[:half]))  # redelivery-like duplicates
+        wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, list(chosen)) == len(records), 180,
+                 "every record stored", b)
+        alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+        b.stop()
+    finally:
+        cleanup(sync_redis, stream)
+    keys = Counter(x["idempotency_key"] for x in alerts)
+    assert not [k for k, n in keys.items() if n > 1]
+
+
+@pytest.mark.real_data
+def test_real_failing_drive_alerts_before_failure(
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, backblaze_dir: Path, tmp_path: Path,
+) -> None:
+    """A bundle trained on the real sample flags a real failing drive's history before it dies."""
+    from models.windows import WindowConfig
+    from training.fit import TrainConfig, train
+    from training.windowstore import WindowStore, build_store
+
+    source = backblaze_dir / "daily_2013"
+    store = WindowStore(build_store(source, tmp_path / "store", config=WindowConfig(window=7, horizon=5),
+                                    healthy_fraction=0.2, seed=3).store)
+    bundle_path = train(store, tmp_path / "bundle", TrainConfig(epochs=3, width=16, depth=1, latent=4,
+                                                                batch_size=128, seed=3, xgboost=False,
+                                                                rul=False)).bundle
+    failed = {s: int(d) for s, d in zip(store.serials, store.failure_day, strict=True) if d >= 0}
+    healthy = [s for s in store.serials if s not in failed][:30]
+    small = tmp_path / "subset"
+    small.mkdir()
+    import gzip
+    for path in sorted(source.glob("*.csv.gz")):
+        with gzip.open(path, "rt", newline="") as handle:
+            lines = handle.read().splitlines()
+        keep = [lines[0]] + [ln for ln in lines[1:] if ln.split(",", 2)[1] in set(failed) | set(healthy)]
+        (small / path.name.removesuffix(".gz")).write_text("\n".join(keep) + "\n")
+    expected, _ = expected_alerts(bundle_path, small)
+    epoch = dt.date(1970, 1, 1)
+    early = {s for s, d, _ in expected if s in failed and dt.date.fromisoformat(d) < epoch + dt.timedelta(days=failed[s])}
+    if not early:
+        pytest.fail("the real-data bundle flags no failing drive before failure; nothing to check in the stream")
+    stream = Stream(kafka_bootstrap, redis_url)
+    asyncio.run(stream.create_topics())
+    try:
+        with WorkerProcess(stream, bundle_path):
+            asyncio.run(stream.produce_records(read_records(small)))
+            alerts = asyncio.run(stream.read(stream.alerts, expect=len(expected), timeout_s=240, idle_s=10))
+    finally:
+        cleanup(sync_redis, stream)
+        shutil.rmtree(tmp_path / "store", ignore_errors=True)
+    got = {(a["serial_number"], a["date"], a["severity"]) for a in alerts}
+    assert got == expected
+    assert {s for s, d, _ in got if s in early and dt.date.fromisoformat(d) < epoch + dt.timedelta(days=failed[s])}

@@ -1,0 +1,51 @@
+"""A bundle trained and saved with TensorFlow scores the same on the JAX backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.architectures import build
+from models.bundle import Thresholds, save_bundle
+from models.features import FeatureSpec, ScalerStats
+from models.windows import WindowConfig
+
+SCORE = """
+import json, sys, numpy as np, keras
+from models.bundle import load_bundle
+b = load_bundle(sys.argv[1])
+x = np.random.default_rng(0).random((37, b.window.window, b.spec.n_features), dtype=np.float32)
+s = b.scorer().score(x)
+print(json.dumps({"backend": keras.backend.backend(), "p": s.probability.tolist(), "e": s.feature_error.tolist()}))
+"""
+
+
+def score_with(backend: str, bundle: Path) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", SCORE, str(bundle)], env=env, capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install .[jax])")
+def test_tensorflow_bundle_scores_identically_on_jax(tmp_path: Path) -> None:
+    spec = FeatureSpec()
+    stats = ScalerStats(spec.n_features)
+    stats.update(np.random.default_rng(1).random((50, spec.n_features)))
+    window = WindowConfig(window=6, horizon=3, max_gap=2)
+    models = {"classifier": build("lstm", 6, spec.n_features, width=8, depth=2),
+              "autoencoder": build("ae-lstm", 6, spec.n_features, width=8, latent=4)}
+    bundle = save_bundle(tmp_path / "b", models=models, spec=spec.fitted(stats), window=window,
+                         thresholds=Thresholds(classifier=0.5, classifier_method="t", autoencoder=0.1,
+                                               autoencoder_method="t"))
+    tf, jx = score_with("tensorflow", bundle), score_with("jax", bundle)
+    assert (tf["backend"], jx["backend"]) == ("tensorflow", "jax")
+    np.testing.assert_allclose(tf["p"], jx["p"], atol=1e-5)
+    np.testing.assert_allclose(tf["e"], jx["e"], atol=1e-5)
