@@ -149,6 +149,8 @@ def create_app(
         web_in_thread=False,
         stream_wait_empty=False,
         broker_commit_every=max(settings.batch_size, 1),
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
     )
     telemetry = app.topic(settings.topic_telemetry, key_type=bytes, value_type=bytes)
     alerts = settings.topic_alerts
