@@ -141,8 +141,8 @@ class FeatureSpec(BaseModel):
 
     # -- step 1+2: per drive-day ---------------------------------------------
 
-    def _transform(self, values: np.ndarray) -> np.ndarray:
-        """Apply per-feature transforms to float64 ``[..., F]``; NaN stays NaN."""
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """Raw feature values ``[..., F]`` (NaN = not reported) → transformed float32."""
         out = np.array(values, dtype=np.float64, copy=True)
         log_cols = [i for i, f in enumerate(self.features) if f.transform == "log1p"]
         if log_cols:
@@ -152,6 +152,11 @@ class FeatureSpec(BaseModel):
                 block[block < 0] = np.nan
                 out[..., log_cols] = np.log1p(block)
         return out.astype(np.float32)
+
+    @property
+    def wire_columns(self) -> list[tuple[int, str]]:
+        """``(attribute, "raw"|"normalized")`` per feature, for :func:`diskwatch.wire.decode_batch`."""
+        return [(f.attribute, f.kind) for f in self.features]
 
     def record_vector(self, record: TelemetryRecord) -> np.ndarray:
         """Transformed float32 ``[F]`` for one record (NaN = not reported)."""
@@ -163,7 +168,7 @@ class FeatureSpec(BaseModel):
             part = value.raw if feature.kind == "raw" else value.normalized
             if part is not None:
                 values[i] = float(part)
-        return self._transform(values)
+        return self.transform(values)
 
     def table_matrix(self, table: pa.Table | Mapping[str, Any]) -> np.ndarray:
         """Transformed float32 ``[rows, F]`` from a pyarrow table of a dump.
@@ -177,7 +182,7 @@ class FeatureSpec(BaseModel):
         for i, name in enumerate(self.names):
             if name in present:
                 values[:, i] = _as_float(table[name])
-        return self._transform(values)
+        return self.transform(values)
 
     # -- step 3+4: per window -------------------------------------------------
 
