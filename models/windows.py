@@ -92,3 +92,43 @@ def assemble_window(
         if step >= 0:
             out[step] = vectors[i]
     return out
+
+
+def windows_ending_at(
+    owner: np.ndarray,
+    days: np.ndarray,
+    vectors: np.ndarray,
+    ends: np.ndarray,
+    config: WindowConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`assemble_window` for many drives and window ends at once.
+
+    ``owner``/``days``/``vectors`` are report rows grouped by drive (``owner``
+    non-decreasing) with ascending, distinct days inside each drive; ``ends``
+    are row indices whose day ends a candidate window. Returns a bool mask over
+    ``ends`` (the window is full under the gap rule) and the ``[k, S, F]``
+    float32 windows of the full ones, identical to :func:`assemble_window`.
+    """
+    owner = np.asarray(owner, dtype=np.int64)
+    days = np.asarray(days, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    s = config.window
+    n_features = vectors.shape[1]
+    if ends.size == 0:
+        return np.zeros(0, dtype=bool), np.zeros((0, s, n_features), dtype=np.float32)
+    # A run is a stretch of one drive's reports with gaps <= G; a window is full
+    # when the run holding its last day began on or before its first step.
+    breaks = np.ones(days.size, dtype=bool)
+    breaks[1:] = (owner[1:] != owner[:-1]) | (np.diff(days) > config.max_gap)
+    run_first = days[np.flatnonzero(breaks)][np.cumsum(breaks) - 1]
+    full = run_first[ends] <= days[ends] - (s - 1)
+    chosen = ends[full]
+    # Look every step's day up among the drive's rows: key = (owner, day).
+    base = days.min()
+    span = int(days.max() - base) + s + 1
+    keys = owner * span + (days - base + s)
+    wanted = (keys[chosen][:, None] - np.arange(s - 1, -1, -1)[None, :])  # [k, S], oldest step first
+    pos = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+    hit = keys[pos] == wanted
+    windows = np.where(hit[..., None], vectors[pos], np.float32(np.nan)).astype(np.float32, copy=False)
+    return full, windows
