@@ -19,29 +19,26 @@ the rare repeat of a crash between steps 2 and 3.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
-from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from diskwatch.records import (
-    Alert,
-    AlertReason,
-    DeadLetter,
-    InvalidRecord,
-    LifeExpectancy,
-    Severity,
-    TelemetryRecord,
-)
+from diskwatch.records import Alert, AlertReason, DeadLetter, LifeExpectancy, Severity
+from diskwatch.wire import WireBatch, decode_batch
 from models.alerting import life_expectancy, severity, top_reasons
 from models.bundle import Bundle
 from models.inference import Scores
-from models.windows import WindowConfig, assemble_window, day_number, from_day_number
+from models.windows import WindowConfig, from_day_number, windows_ending_at
 from stream import metrics
-from stream.windowstate import DriveState, WindowState
+from stream.windowstate import BatchState, WindowState
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,12 @@ class PendingBatch:
 
 
 class BatchProcessor:
-    """The worker's logic for one batch (see module docstring)."""
+    """The worker's logic for one batch (see module docstring).
+
+    CPU stages (decoding, window assembly, inference) run on one helper
+    thread so the event loop keeps fetching from Kafka and heartbeating while
+    a batch is scored; Redis calls stay on the loop.
+    """
 
     def __init__(self, bundle: Bundle, state: WindowState, *, score: bool = True, max_batch: int = 1024) -> None:
         self.bundle = bundle
@@ -78,109 +80,104 @@ class BatchProcessor:
         self.config: WindowConfig = bundle.window
         self.score_enabled = score
         self.scorer = bundle.scorer(max_batch=max_batch) if score else None
+        # Dropped with the processor (a hot-swapped bundle's batch in flight keeps it alive).
+        self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskwatch-batch")
 
     def warmup(self) -> None:
         if self.scorer is not None:
             self.scorer.warmup()
 
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+
     async def prepare(self, messages: list[InMessage]) -> PendingBatch:
         pending = PendingBatch()
-        records: list[TelemetryRecord] = []
-        for message in messages:
-            try:
-                records.append(TelemetryRecord.from_json(message.value or b""))
-            except InvalidRecord as error:
-                pending.dead_letters.append(
-                    DeadLetter.from_payload(
-                        message.value, error, key=message.key, topic=message.topic,
-                        partition=message.partition, offset=message.offset,
-                    )
-                )
-                metrics.INVALID.labels(reason=error.code).inc()
+        batch, vectors = await self._off_loop(self._decode, messages, pending)
         metrics.RECORDS_IN.inc(len(messages))
-        pending.records = len(records)
-        if not records:
+        pending.records = len(batch.serials)
+        if not batch.serials:
             return pending
-        # Apply in (serial, date) order so a shuffled batch acts like an ordered one.
-        records.sort(key=lambda r: (r.serial_number, r.date))
-        items = [(r.serial_number, day_number(r.date), self.spec.record_vector(r), r.model) for r in records]
         started = time.perf_counter()
-        added, states = await self.state.ingest(items)
+        added, state = await self.state.ingest(batch.serials, batch.days, vectors, batch.models)
         metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
-        pending.duplicates = added.count(False)
+        pending.duplicates = int(added.size - added.sum())
         metrics.DUPLICATES.inc(pending.duplicates)
+        await self._off_loop(self._score, pending, batch, state)
+        return pending
 
-        # Windows that may have become full: those ending on or after a day of
-        # this batch and never scored. Duplicates are included on purpose: a
-        # batch replayed after a crash before commit() must score again.
+    def _decode(self, messages: list[InMessage], pending: PendingBatch) -> tuple[WireBatch, np.ndarray]:
+        """Validate and transform; invalid messages become dead letters."""
+        batch = decode_batch([m.value for m in messages], self.spec.wire_columns)
+        for i, error in batch.errors:
+            message = messages[i]
+            pending.dead_letters.append(
+                DeadLetter.from_payload(
+                    message.value, error, key=message.key, topic=message.topic,
+                    partition=message.partition, offset=message.offset,
+                )
+            )
+            metrics.INVALID.labels(reason=error.code).inc()
+        return batch, self.spec.transform(batch.values)
+
+    def _score(self, pending: PendingBatch, batch: WireBatch, state: BatchState) -> None:
+        """Assemble the windows this batch completed, score them, decide alerts."""
+        # Windows that may have become full: those ending on a stored day within
+        # reach of a day of this batch and never scored. Duplicates count on
+        # purpose: a batch replayed after a crash before commit() must score again.
+        owner = state.owner
         reach = self.config.window + self.config.max_gap
-        candidates: dict[str, set[int]] = defaultdict(set)
-        for serial, day, _, _ in items:
-            drive = states[serial]
-            candidates[serial].update(d for d in drive.days if day <= d <= day + reach and d not in drive.scored)
-        windows, owners = self._assemble(candidates, states)
-        if not windows or not self.score_enabled:
-            return pending
-        x = self.spec.finalize(np.stack(windows))
+        ends = np.flatnonzero(~state.scored & _within_reach(state, batch, owner, reach))
+        full, windows = windows_ending_at(owner, state.days, state.vectors, ends, self.config)
+        ends = ends[full]
+        if ends.size == 0 or not self.score_enabled:
+            return
+        x = self.spec.finalize(windows)
         started = time.perf_counter()
         scores = self.scorer.score(x)  # type: ignore[union-attr]
         metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
-        metrics.WINDOWS_SCORED.inc(len(windows))
-        pending.windows_scored = len(windows)
-        self._decide(pending, owners, windows, scores, states)
-        return pending
-
-    def _assemble(
-        self, candidates: dict[str, set[int]], states: dict[str, DriveState]
-    ) -> tuple[list[np.ndarray], list[tuple[str, int]]]:
-        windows: list[np.ndarray] = []
-        owners: list[tuple[str, int]] = []
-        for serial in sorted(candidates):
-            drive = states[serial]
-            dates = [from_day_number(d) for d in drive.days]
-            for end in sorted(candidates[serial]):
-                window = assemble_window(dates, drive.vectors, from_day_number(end), self.config)
-                if window is not None:
-                    windows.append(window)
-                    owners.append((serial, end))
-        return windows, owners
+        metrics.WINDOWS_SCORED.inc(int(ends.size))
+        pending.windows_scored = int(ends.size)
+        self._decide(pending, state, owner[ends], state.days[ends], windows, scores)
 
     def _decide(
         self,
         pending: PendingBatch,
-        owners: list[tuple[str, int]],
-        windows: list[np.ndarray],
+        state: BatchState,
+        drives: np.ndarray,
+        end_days: np.ndarray,
+        windows: np.ndarray,
         scores: Scores,
-        states: dict[str, DriveState],
     ) -> None:
-        thresholds = self.bundle.thresholds
-        levels = severity(scores, thresholds)
-        # Rank every feature; the alert names the top ones the drive actually reports.
-        reasons = top_reasons(scores.feature_error, self.spec, self.spec.n_features)
+        """Debounce per drive (windows come ordered by drive, then day): alert on a rise."""
+        levels = severity(scores, self.bundle.thresholds).tolist()
         now = dt.datetime.now(dt.UTC)
-        current = {serial: states[serial].severity for serial, _ in owners}
-        for i, (serial, end) in enumerate(owners):
+        current = state.severity.tolist()
+        touched: set[int] = set()
+        for i, (drive, end) in enumerate(zip(drives.tolist(), end_days.tolist(), strict=True)):
+            serial = state.serials[drive]
             pending.scored.setdefault(serial, []).append(end)
-            level = int(levels[i])
-            if level > current[serial]:
-                pending.alerts.append(self._alert(serial, end, level, i, scores, reasons[i], windows[i], states, now))
-            current[serial] = level
-        pending.severity = current
+            touched.add(drive)
+            level = levels[i]
+            if level > current[drive]:
+                pending.alerts.append(self._alert(serial, state.models[drive], end, level, i, scores, windows[i], now))
+            current[drive] = level
+        pending.severity = {state.serials[d]: current[d] for d in touched}
         metrics.ALERTS_OUT.inc(len(pending.alerts))
 
     def _alert(
         self,
         serial: str,
+        model: str,
         end: int,
         level: int,
         i: int,
         scores: Scores,
-        reasons: list[tuple[int, str, float]],
         window: np.ndarray,
-        states: dict[str, DriveState],
         now: dt.datetime,
     ) -> Alert:
         t = self.bundle.thresholds
+        # Rank every feature; the alert names the top ones the drive actually reports.
+        reasons = top_reasons(scores.feature_error[i:i + 1], self.spec, self.spec.n_features)[0]
         end_date = from_day_number(end)
         rul = None
         life = None
@@ -190,7 +187,7 @@ class BatchProcessor:
         return Alert(
             idempotency_key=Alert.make_key(serial, end_date, self.bundle.version),
             serial_number=serial,
-            model=states[serial].model,
+            model=model,
             date=end_date,
             window_start=end_date - dt.timedelta(days=self.config.window - 1),
             window_end=end_date,
@@ -243,3 +240,16 @@ def _unit(value: Any) -> float:
 def _finite(value: Any) -> float:
     v = float(value)
     return max(v, 0.0) if np.isfinite(v) else 0.0
+
+
+def _within_reach(state: BatchState, batch: WireBatch, owner: np.ndarray, reach: int) -> np.ndarray:
+    """Per stored row: its day is 0..reach days after some day this batch brought for the drive."""
+    drive = np.searchsorted(np.asarray(state.serials, dtype=object), np.asarray(batch.serials, dtype=object))
+    span = np.int64(max(int(state.days.max()), int(batch.days.max())) - min(int(state.days.min()), int(batch.days.min())) + 1)
+    base = min(int(state.days.min()), int(batch.days.min()))
+    came = np.unique(drive * span + (batch.days - base))
+    stored = owner * span + (state.days - base)
+    # The latest batch day of the same drive on or before each stored day.
+    pos = np.searchsorted(came, stored, side="right") - 1
+    prior = came[np.maximum(pos, 0)]
+    return (pos >= 0) & (prior // span == owner) & (stored - prior <= reach)

@@ -87,6 +87,13 @@ def item(spec: FeatureSpec, rec: TelemetryRecord) -> tuple[str, int, np.ndarray,
     return rec.serial_number, day_number(rec.date), spec.record_vector(rec), rec.model
 
 
+async def ingest(state: WindowState, items: list[tuple[str, int, np.ndarray, str]]):
+    """WindowState.ingest from (serial, day, vector, model) rows; added as a list."""
+    serials, days, vectors, models = zip(*items, strict=True)
+    added, states = await state.ingest(list(serials), np.asarray(days), np.stack(vectors), list(models))
+    return added.tolist(), states
+
+
 async def _delete(client: RedisCluster, keys: list[str]) -> None:
     for key in keys:  # one slot per key
         await client.delete(key)
@@ -103,7 +110,7 @@ async def test_ingest_many_serials_in_one_pipeline(cluster: RedisCluster, prefix
         batch = [item(spec, record(s, d)) for s in serials for d in (0, 1, 2)]
         order = rng.permutation(len(batch))
         batch = [batch[i] for i in order]
-        added, states = await state.ingest(batch)
+        added, states = await ingest(state, batch)
         assert added == [True] * len(batch)
         assert set(states) == set(serials)
         for serial in serials:
@@ -118,18 +125,18 @@ async def test_ingest_many_serials_in_one_pipeline(cluster: RedisCluster, prefix
 
         # Second call: duplicates are not re-added, new days are; marks land on every node.
         again = [item(spec, record(s, 2)) for s in serials[:50]] + [item(spec, record(s, 3)) for s in serials]
-        added, states = await state.ingest(again)
+        added, states = await ingest(state, again)
         assert added == [False] * 50 + [True] * len(serials)
         assert all(len(states[s].days) == 4 for s in serials)
         last = day_number(START + dt.timedelta(days=3))
         await state.mark({s: [last] for s in serials}, {s: 1 for s in serials[::2]})
-        _, states = await state.ingest([item(spec, record(s, 3)) for s in serials])
+        _, states = await ingest(state, [item(spec, record(s, 3)) for s in serials])
         assert all(states[s].scored == {last} for s in serials)
         assert [states[s].severity for s in serials[:4]] == [1, 0, 1, 0]
 
         # A fresh script cache (node restart, failover) is reloaded and only the unrun calls resent.
         await cluster.script_flush()
-        added, states = await state.ingest([item(spec, record(s, 4)) for s in serials])
+        added, states = await ingest(state, [item(spec, record(s, 4)) for s in serials])
         assert added == [True] * len(serials)
         assert all(len(states[s].days) == 5 for s in serials)
     finally:
@@ -150,7 +157,7 @@ async def test_keys_of_a_serial_share_a_slot_and_serials_spread(cluster: RedisCl
     spec = FeatureSpec()
     state = WindowState(cluster, spec, prefix=prefix, keep_days=16, ttl_seconds=600)
     try:
-        await state.ingest([item(spec, record(s, 0)) for s in serials])
+        await ingest(state, [item(spec, record(s, 0)) for s in serials])
         # Which node actually holds each key (per-node SCAN, not the client's slot map).
         holders: dict[int, set[str]] = {}
         for node in cluster.get_primaries():
@@ -190,7 +197,7 @@ async def test_redis_client_from_settings_is_a_working_cluster_client(cluster_ur
         spec = FeatureSpec()
         state = WindowState(client, spec, prefix=prefix, keep_days=16, ttl_seconds=600)
         serials = [f"APP-{i}" for i in range(30)]
-        added, states = await state.ingest([item(spec, record(s, 0, model="")) for s in serials])
+        added, states = await ingest(state, [item(spec, record(s, 0, model="")) for s in serials])
         assert added == [True] * 30
         assert all(states[s].model == "" and len(states[s].days) == 1 for s in serials)
         ttl = await client.ttl(state.key(serials[0]))
