@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         1, ge=1, le=16, description="Replication factor of topics diskwatch creates (3 on a real cluster)."
     )
     consumer_group: str = Field("diskwatch-worker", description="Kafka consumer group / faust app id.")
+    kafka_fetch_max_bytes: int = Field(
+        16 * 1024**2, ge=64 * 1024, le=1024**3,
+        description="Most bytes fetched per partition per request; small fetches stall a busy worker between them.",
+    )
     kafka_session_timeout_s: float = Field(
         30.0, ge=6, le=300,
         description="A worker that stops heartbeating (crashed, SIGKILLed) loses its partitions after this long.",

@@ -117,6 +117,37 @@ def _stamp(path: Path) -> float | None:
         return None
 
 
+def faust_options(settings: Settings, web_port: int) -> dict[str, Any]:
+    """faust.App keyword arguments for a diskwatch worker (the benchmark reuses them)."""
+    # faust wants a data directory even with in-memory tables; keep it out of the work tree.
+    datadir = Path(tempfile.gettempdir()) / "diskwatch-faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    return dict(
+        broker=settings.kafka_url,
+        broker_credentials=kafka_credentials(settings),
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_replication_factor=settings.topic_replication_factor,
+        datadir=str(datadir / "{conf.id}-data"),
+        topic_partitions=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=web_port > 0,
+        web_port=max(web_port, 1),
+        web_bind=settings.metrics_host,
+        web_in_thread=False,
+        stream_wait_empty=False,
+        broker_commit_every=max(settings.batch_size, 1),
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
+        # faust pauses a partition when this buffer fills and refetches on resume;
+        # room for several batches keeps fetching running while one is scored.
+        stream_buffer_maxsize=max(8 * settings.batch_size, 16384),
+        consumer_max_fetch_size=settings.kafka_fetch_max_bytes,
+    )
+
+
 def create_app(
     settings: Settings,
     bundle_path: Path,
@@ -128,30 +159,7 @@ def create_app(
     """Build the faust app and its :class:`Worker` state."""
     worker = Worker(settings, bundle_path, score=score)
     port = settings.metrics_port if web_port is None else web_port
-    # faust wants a data directory even with in-memory tables; keep it out of the work tree.
-    datadir = Path(tempfile.gettempdir()) / "diskwatch-faust"
-    datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.consumer_group,
-        broker=settings.kafka_url,
-        broker_credentials=kafka_credentials(settings),
-        store="memory://",
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_replication_factor=settings.topic_replication_factor,
-        datadir=str(datadir / "{conf.id}-data"),
-        topic_partitions=1,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        web_enabled=port > 0,
-        web_port=max(port, 1),
-        web_bind=settings.metrics_host,
-        web_in_thread=False,
-        stream_wait_empty=False,
-        broker_commit_every=max(settings.batch_size, 1),
-        broker_session_timeout=settings.kafka_session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
-    )
+    app = faust.App(settings.consumer_group, **faust_options(settings, port))
     telemetry = app.topic(settings.topic_telemetry, key_type=bytes, value_type=bytes)
     alerts = settings.topic_alerts
     dead_letters = settings.topic_dead_letters
