@@ -3,10 +3,14 @@
 Measured in one run, on the same topic of simulated telemetry:
 
 * ``plain``: a bare aiokafka consume loop (the ceiling for any consumer);
+* ``faust_noop``: a faust agent with the worker's settings and batching that
+  does nothing (the ceiling for any faust-streaming consumer);
 * ``no_score``: ``diskwatch worker --no-score`` (validation, Redis windows,
   DLQ, commits — everything but inference);
 * ``score``: ``diskwatch worker`` with default-size models (an LSTM
-  classifier depth 2 x 64 and an LSTM autoencoder, window 14);
+  classifier depth 2 x 64 and an LSTM autoencoder, window 14); windows/s over
+  the whole run and in steady state (from the first scored batch, when every
+  record completes a window);
 * ``engine``: the inference engine alone on windows of the worker's batch
   size, and raw ``predict_on_batch`` on the same batches;
 * Redis bytes per tracked serial (``MEMORY USAGE`` of window keys).
@@ -125,6 +129,45 @@ async def plain_consume(bootstrap: str, topic: str, n: int) -> float:
     return elapsed
 
 
+FAUST_NOOP = """
+import asyncio, os, sys, time
+import faust
+from faust.worker import Worker
+from diskwatch.settings import Settings
+from stream.app import faust_options
+
+settings = Settings()
+n = int(sys.argv[1])
+app = faust.App(settings.consumer_group, **faust_options(settings, 0))
+topic = app.topic(settings.topic_telemetry, key_type=bytes, value_type=bytes)
+seen = {"n": 0, "t0": None}
+
+@app.agent(topic)
+async def noop(stream):
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
+        if seen["t0"] is None:
+            seen["t0"], first = time.perf_counter(), len(events)
+            seen["first"] = first
+        seen["n"] += len(events)
+        if seen["n"] >= n:
+            print("NOOP", seen["n"] - seen["first"], time.perf_counter() - seen["t0"], flush=True)
+            os._exit(0)
+
+Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False).execute_from_commandline()
+"""
+
+
+def faust_noop(env: dict[str, str], n: int, timeout: float = 600) -> dict[str, float]:
+    """The same faust app settings and batching with an agent that does nothing: the framework's ceiling."""
+    env = {**env, "DISKWATCH_CONSUMER_GROUP": f"bench-noop-{uuid.uuid4().hex[:6]}", "DISKWATCH_METRICS_PORT": "0"}
+    out = subprocess.run([sys.executable, "-c", FAUST_NOOP, str(n)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=timeout, check=False)
+    match = re.search(r"^NOOP (\d+) ([0-9.e+-]+)$", out.stdout, re.M)
+    if not match:
+        raise RuntimeError(f"faust no-op consumer failed: {out.stderr[-2000:]}")
+    return {"records": float(match.group(1)), "seconds": float(match.group(2))}
+
+
 def metric(port: int, name: str) -> float:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
@@ -142,16 +185,23 @@ def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: 
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout
-        start = None
+        start = scoring = None
         while time.monotonic() < deadline:
             done = metric(port, "diskwatch_records_in_total")
+            now = time.perf_counter()
             if done > 0 and start is None:
-                start, first = time.perf_counter(), done
+                start, first = now, done
+            windows = metric(port, "diskwatch_windows_scored_total")
+            if windows > 0 and scoring is None:
+                scoring, first_windows = now, windows
             if done >= n:
-                elapsed = time.perf_counter() - start
-                windows = metric(port, "diskwatch_windows_scored_total")
-                return {"seconds": elapsed, "records": n - first, "windows": windows, "prefix": env["DISKWATCH_REDIS_KEY_PREFIX"]}
-            time.sleep(0.05)
+                out = {"seconds": now - start, "records": n - first, "windows": windows,
+                       "prefix": env["DISKWATCH_REDIS_KEY_PREFIX"]}
+                if scoring is not None and now > scoring:
+                    # Steady state: from the first scored batch on, every record completes a window.
+                    out["steady_windows_per_s"] = (windows - first_windows) / (now - scoring)
+                return out
+            time.sleep(0.02)
         raise TimeoutError("worker did not finish")
     finally:
         proc.terminate()
@@ -220,6 +270,7 @@ def main() -> None:
                    DISKWATCH_TOPIC_DEAD_LETTERS=f"{topic}-dlq", DISKWATCH_BATCH_SIZE=str(args.batch_size),
                    TF_CPP_MIN_LOG_LEVEL="3")
         plain_s = asyncio.run(plain_consume(bootstrap, topic, n))
+        noop = faust_noop(env, n)
         no_score = run_worker(bundle, env, n, score=False)
         redis_bytes = redis_bytes_per_serial(redis_url, no_score["prefix"])
         scored = run_worker(bundle, env, n, score=True)
@@ -229,6 +280,8 @@ def main() -> None:
     no_score_rate = no_score["records"] / no_score["seconds"]
     score_rate = scored["records"] / scored["seconds"]
     score_windows_rate = scored["windows"] / scored["seconds"]
+    steady_windows_rate = scored.get("steady_windows_per_s", 0.0)
+    noop_rate = noop["records"] / noop["seconds"]
     print(json.dumps({
         "benchmark": "worker",
         "records": n,
@@ -237,14 +290,19 @@ def main() -> None:
         "batch_size": args.batch_size,
         "partitions": args.partitions,
         "plain_consume_records_per_s": round(plain_rate),
+        "faust_noop_records_per_s": round(noop_rate),
         "worker_no_score_records_per_s": round(no_score_rate),
         "worker_score_records_per_s": round(score_rate),
         "worker_score_windows_per_s": round(score_windows_rate),
+        "worker_score_steady_windows_per_s": round(steady_windows_rate),
         "windows_scored": int(scored["windows"]),
         "engine_windows_per_s": round(engine["engine_windows_per_s"]),
         "raw_predict_windows_per_s": round(engine["raw_predict_windows_per_s"]),
         "ratio_no_score_vs_plain": round(no_score_rate / plain_rate, 3),
+        "ratio_no_score_vs_faust_noop": round(no_score_rate / noop_rate, 3),
+        "ratio_faust_noop_vs_plain": round(noop_rate / plain_rate, 3),
         "ratio_score_windows_vs_engine": round(score_windows_rate / engine["engine_windows_per_s"], 3),
+        "ratio_score_steady_windows_vs_engine": round(steady_windows_rate / engine["engine_windows_per_s"], 3),
         "ratio_score_records_vs_plain": round(score_rate / plain_rate, 3),
         "ratio_engine_vs_raw_predict": round(engine["engine_windows_per_s"] / engine["raw_predict_windows_per_s"], 3),
         "redis_bytes_per_serial": round(redis_bytes),
