@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Its private key (PEM); default: inside the certfile.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Password of an encrypted keyfile.")
 
     topic_telemetry: str = Field("smart-telemetry", description="Input: one drive-day per message.")
     topic_alerts: str = Field("drive-alerts", description="Output: Alert JSON keyed by serial.")
@@ -117,6 +120,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _client_certificate(self) -> Settings:
+        if self.kafka_ssl_certfile is None and (self.kafka_ssl_keyfile or self.kafka_ssl_key_password):
+            raise ValueError("kafka_ssl_keyfile/kafka_ssl_key_password need kafka_ssl_certfile")
+        return self
+
+    @model_validator(mode="after")
     def _horizon_vs_window(self) -> Settings:
         if self.max_gap_days >= self.window_days:
             raise ValueError("max_gap_days must be smaller than window_days")
@@ -138,7 +147,15 @@ class Settings(BaseSettings):
             import ssl
 
             cafile = str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
-            options["ssl_context"] = ssl.create_default_context(cafile=cafile)
+            context = ssl.create_default_context(cafile=cafile)
+            if self.kafka_ssl_certfile is not None:  # mutual TLS: the broker checks who we are
+                password = self.kafka_ssl_key_password
+                context.load_cert_chain(
+                    str(self.kafka_ssl_certfile),
+                    str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                    password.get_secret_value() if password else None,
+                )
+            options["ssl_context"] = context
         if self.kafka_security_protocol.startswith("SASL"):
             options["sasl_mechanism"] = (self.kafka_sasl_mechanism or "PLAIN").upper()
             options["sasl_plain_username"] = self.kafka_sasl_username
@@ -151,8 +168,9 @@ class Settings(BaseSettings):
         """Settings as a plain dict that is safe to log (secrets masked)."""
         data = self.model_dump(mode="json")
         data["redis_url"] = redact_url(self.redis_url.get_secret_value())
-        if self.kafka_sasl_password is not None:
-            data["kafka_sasl_password"] = "**********"
+        for name in ("kafka_sasl_password", "kafka_ssl_key_password"):
+            if getattr(self, name) is not None:
+                data[name] = "**********"
         return data
 
 

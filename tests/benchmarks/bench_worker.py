@@ -162,9 +162,9 @@ def faust_noop(env: dict[str, str], n: int, timeout: float = 600) -> dict[str, f
     env = {**env, "DISKWATCH_CONSUMER_GROUP": f"bench-noop-{uuid.uuid4().hex[:6]}", "DISKWATCH_METRICS_PORT": "0"}
     out = subprocess.run([sys.executable, "-c", FAUST_NOOP, str(n)], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=timeout, check=False)
-    match = re.search(r"^NOOP (\d+) ([0-9.e+-]+)$", out.stdout, re.M)
+    match = re.search(r"NOOP (\d+) ([0-9.e+-]+)$", out.stdout, re.M)  # after faust's terminal codes
     if not match:
-        raise RuntimeError(f"faust no-op consumer failed: {out.stderr[-2000:]}")
+        raise RuntimeError(f"faust no-op consumer failed ({out.returncode}): {out.stdout[-1000:]} {out.stderr[-2000:]}")
     return {"records": float(match.group(1)), "seconds": float(match.group(2))}
 
 

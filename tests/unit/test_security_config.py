@@ -309,3 +309,80 @@ def test_worker_startup_log_has_no_secrets(monkeypatch: pytest.MonkeyPatch, capl
     assert SASL_SECRET not in text and REDIS_SECRET not in text
     for record in caplog.records:  # also the unformatted arguments handlers may ship elsewhere
         assert SASL_SECRET not in repr(record.args) and REDIS_SECRET not in repr(record.args)
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka mutual TLS: a real TLS handshake (in memory) against a server that demands a client cert
+
+
+def _self_signed(directory: Path, name: str, *, password: str | None = None) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` (also its DNS name) and its key (encrypted if a password)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the mutual-TLS handshake test needs the openssl binary")
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    args = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+            "-addext", f"subjectAltName=DNS:{name}"]
+    args += ["-passout", f"pass:{password}"] if password else ["-nodes"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"openssl could not make a test certificate: {proc.stderr[-300:]}")
+    return cert, key
+
+
+def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, hostname: str) -> dict[str, Any]:
+    """Run a TLS handshake between two contexts through memory BIOs; return the client cert the server saw."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = client.wrap_bio(c_in, c_out, server_hostname=hostname)
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    done = {"c": False, "s": False}
+    for _ in range(20):
+        for side, obj in (("c", c), ("s", s)):
+            if not done[side]:
+                try:
+                    obj.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return s.getpeercert()
+    raise AssertionError("handshake did not finish")
+
+
+def test_kafka_mutual_tls_presents_the_client_certificate(tmp_path: Path) -> None:
+    from stream.app import kafka_credentials
+
+    broker_cert, broker_key = _self_signed(tmp_path, "broker.test")
+    client_cert, client_key = _self_signed(tmp_path, "diskwatch-client", password="k3y-pw")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(broker_cert, broker_key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_verify_locations(client_cert)
+
+    settings = make(kafka_security_protocol="SSL", kafka_ssl_cafile=broker_cert, kafka_ssl_certfile=client_cert,
+                    kafka_ssl_keyfile=client_key, kafka_ssl_key_password="k3y-pw")
+    for context in (settings.kafka_client_options()["ssl_context"], kafka_credentials(settings).context):
+        peer = _handshake(context, server, "broker.test")
+        assert ("commonName", "diskwatch-client") in [pair for rdn in peer["subject"] for pair in rdn]
+    assert "k3y-pw" not in repr(settings) and "k3y-pw" not in str(settings.redacted())
+
+    # Without the client certificate the broker refuses the handshake.
+    anonymous = make(kafka_security_protocol="SSL", kafka_ssl_cafile=broker_cert).kafka_client_options()
+    with pytest.raises(ssl.SSLError):
+        _handshake(anonymous["ssl_context"], server, "broker.test")
+
+
+def test_kafka_client_key_with_a_wrong_password_fails_loudly(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path, "diskwatch-client", password="right")
+    settings = make(kafka_security_protocol="SSL", kafka_ssl_certfile=cert, kafka_ssl_keyfile=key,
+                    kafka_ssl_key_password="wrong")
+    with pytest.raises(ssl.SSLError):
+        settings.kafka_client_options()
+
+
+def test_kafka_keyfile_without_certfile_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="need kafka_ssl_certfile"):
+        make(kafka_security_protocol="SSL", kafka_ssl_keyfile=tmp_path / "client.key")
