@@ -93,16 +93,16 @@ class BatchProcessor:
     async def prepare(self, messages: list[InMessage]) -> PendingBatch:
         pending = PendingBatch()
         batch, vectors = await self._off_loop(self._decode, messages, pending)
-        metrics.RECORDS_IN.inc(len(messages))
         pending.records = len(batch.serials)
         if not batch.serials:
+            _count_in(messages, pending)
             return pending
         started = time.perf_counter()
         added, state = await self.state.ingest(batch.serials, batch.days, vectors, batch.models)
         metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
         pending.duplicates = int(added.size - added.sum())
-        metrics.DUPLICATES.inc(pending.duplicates)
         await self._off_loop(self._score, pending, batch, state)
+        _count_in(messages, pending)
         return pending
 
     def _decode(self, messages: list[InMessage], pending: PendingBatch) -> tuple[WireBatch, np.ndarray]:
@@ -116,7 +116,6 @@ class BatchProcessor:
                     partition=message.partition, offset=message.offset,
                 )
             )
-            metrics.INVALID.labels(reason=error.code).inc()
         return batch, self.spec.transform(batch.values)
 
     def _score(self, pending: PendingBatch, batch: WireBatch, state: BatchState) -> None:
@@ -240,6 +239,14 @@ def _unit(value: Any) -> float:
 def _finite(value: Any) -> float:
     v = float(value)
     return max(v, 0.0) if np.isfinite(v) else 0.0
+
+
+def _count_in(messages: list[InMessage], pending: PendingBatch) -> None:
+    """Input counters, once the batch is through (a retried batch is not counted twice)."""
+    metrics.RECORDS_IN.inc(len(messages))
+    metrics.DUPLICATES.inc(pending.duplicates)
+    for letter in pending.dead_letters:
+        metrics.INVALID.labels(reason=letter.reason_code).inc()
 
 
 def _within_reach(state: BatchState, batch: WireBatch, owner: np.ndarray, reach: int) -> np.ndarray:
