@@ -12,6 +12,7 @@ acked, so it is redelivered to whoever owns the partition next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import tempfile
@@ -72,7 +73,7 @@ class Worker:
         self.redis: Any = None
         self.processor: BatchProcessor | None = None
         self.bundle: Bundle | None = None
-        self._bundle_stamp: float | None = None
+        self._bundle_stamp: tuple[tuple[str, int, int], ...] | None = None
         self.last_batch_at: float | None = None
         self.batches = 0
 
@@ -110,9 +111,17 @@ class Worker:
                       self.bundle.version if self.bundle else None, exc)
 
 
-def _stamp(path: Path) -> float | None:
+def _stamp(path: Path) -> tuple[tuple[str, int, int], ...] | None:
+    """Name, mtime and size of every file of the bundle: any change counts.
+
+    Watching every file (not just the manifest) means a bundle refused while
+    it was half copied is tried again when the rest of it lands.
+    """
     try:
-        return (path / "manifest.json").stat().st_mtime
+        if not (path / "manifest.json").is_file():
+            return None
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return tuple((str(p.relative_to(path)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
     except OSError:
         return None
 
@@ -203,6 +212,14 @@ def create_app(
             _observe_lag(app, events)
             worker.last_batch_at = time.time()
             worker.batches += 1
+
+    @app.on_partitions_revoked.connect
+    async def _forget_lag(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        # A partition that moved to another worker is that worker's to report.
+        for tp in revoked:
+            if tp.topic == settings.topic_telemetry:
+                with contextlib.suppress(KeyError):
+                    metrics.CONSUMER_LAG.remove(str(tp.partition))
 
     @app.timer(interval=reload_interval_s)
     async def _reload() -> None:
