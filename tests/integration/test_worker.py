@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 import json
 import random
+import re
 import shutil
 import socket
 import time
@@ -324,6 +325,13 @@ def test_two_workers_share_four_partitions_and_survive_rebalance(
 
         wait_for(lambda: len(assigned(port_a)) == 2 and len(assigned(port_b)) == 2, 120,
                  "the group to split 4 partitions 2+2", b)
+
+        def lag_partitions(port: int) -> set[str]:
+            _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+            return set(re.findall(r'^diskwatch_consumer_lag\{partition="(\d+)"\}', body, re.M))
+
+        # A reported lag for all 4 partitions before B joined; the 2 it gave away are B's to report now.
+        assert lag_partitions(port_a) <= {p.rsplit(":", 1)[1] for p in assigned(port_a)}
         asyncio.run(stream.produce_records(records[half:]))
         a.stop()  # partitions move back to B
         wait_for(lambda: len(assigned(port_b)) == 4, 120, "B to take all 4 partitions", b)
