@@ -1,7 +1,8 @@
 """Score every drive-day window of a dump exactly as the stream would.
 
-Same feature code (:class:`FeatureSpec`), same window rule (the builder is
-parity-tested against the stream's :func:`assemble_window`), same inference
+Same feature code (:class:`FeatureSpec`), same window rule (the builder and
+the stream's :func:`windows_ending_at` are both property-tested against
+:func:`assemble_window`), same inference
 engine (:class:`Scorer`) and same alert rule (:mod:`models.alerting`). The
 result is ``metrics.json`` plus plots and ``report.md`` in the output folder.
 
