@@ -10,6 +10,7 @@ import random
 import re
 import shutil
 import socket
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -297,6 +298,92 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
         cleanup(sync_redis, stream)
     keys = Counter(a["idempotency_key"] for a in alerts)
     assert not [k for k, n in keys.items() if n > 1], f"duplicate alerts: {keys.most_common(3)}"
+
+
+class PrivateRedis:
+    """A redis-server of this test's own (AOF, fsync always) that it may stop and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (deploy/local/stack up installs it)")
+        self.binary, self.dir, self.port = binary, directory, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PrivateRedis:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: _pings(client), 30, "the private Redis to answer")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_redis_down_mid_stream_worker_retries_and_loses_nothing(
+    kafka_bootstrap: str, sim_fleet: Path, sim_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = load_bundle(sim_bundle)
+    keep = bundle.window.window + bundle.window.max_gap
+    by_serial: dict[str, list[TelemetryRecord]] = {}
+    for r in read_records(sim_fleet):
+        by_serial.setdefault(r.serial_number, []).append(r)
+    chosen = {s: rs[-keep:] for s, rs in sorted(by_serial.items())[:200]}
+    cut = sorted({r.date for rs in chosen.values() for r in rs})[keep // 2]
+    first = [r for rs in chosen.values() for r in rs if r.date < cut]
+    second = [r for rs in chosen.values() for r in rs if r.date >= cut]
+    private = PrivateRedis(tmp_path).start()
+    client = redis.Redis.from_url(private.url)
+    stream = Stream(kafka_bootstrap, private.url)
+    asyncio.run(stream.create_topics())
+    port = free_port()
+    try:
+        with WorkerProcess(stream, sim_bundle, DISKWATCH_METRICS_PORT=port) as worker:
+            asyncio.run(stream.produce_records(first))
+            wait_for(lambda: stored_days(client, stream, sim_bundle, list(chosen)) == len(first), 120,
+                     "the first half stored", worker)
+            private.stop()  # Redis goes away while the second half arrives
+            asyncio.run(stream.produce_records(second))
+            wait_for(lambda: metric(port, 'diskwatch_retries_total{target="redis"}') > 0, 60,
+                     "the worker to retry Redis", worker)
+            time.sleep(2)  # a few backoff rounds, not a crash loop
+            assert worker.alive(), worker.output()[-3000:]
+            private.start()
+            wait_for(lambda: _pings(client) and stored_days(client, stream, sim_bundle, list(chosen)) == len(first) + len(second),
+                     120, "every record stored after Redis came back", worker)
+            assert worker.alive()
+    finally:
+        client.close()
+        private.stop()
+
+
+def metric(port: int, name: str) -> float:
+    """One sample of the worker's /metrics (0 when absent or unreachable)."""
+    code, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    if code != 200:
+        return 0.0
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def test_two_workers_share_four_partitions_and_survive_rebalance(
