@@ -46,6 +46,7 @@ local ttl = ARGV[2]
 local width = tonumber(ARGV[3])
 local a = 4
 local added, counts, days, blob, scored, sev, models = {}, {}, {}, {}, {}, {}, {}
+local D, S, COLON = string.byte('d'), string.byte('s'), string.byte(':')
 for k = 1, #KEYS do
   local key = KEYS[k]
   local n = tonumber(ARGV[a])
@@ -56,39 +57,47 @@ for k = 1, #KEYS do
     added[#added + 1] = redis.call('HSETNX', key, 'd:' .. ARGV[a], ARGV[a + 1])
     a = a + 2
   end
-  if model ~= '' then redis.call('HSET', key, 'model', model) end
+  -- One pass over the hash: parse each day field once.
   local all = redis.call('HGETALL', key)
-  local newest = oldest
-  for i = 1, #all, 2 do
-    if string.sub(all[i], 1, 2) == 'd:' then
-      local d = tonumber(string.sub(all[i], 3))
-      if d > newest then newest = d end
-    end
-  end
-  -- Trim relative to the oldest day of this drive in the batch, so every
-  -- window ending on a day of the batch still has its history.
-  local limit = math.min(newest, oldest) - keep
-  local vectors, marks, order = {}, {}, {}
-  local level, name = 0, ''
+  local dday, dval, sday = {}, {}, {}
+  local newest, level, name = oldest, 0, ''
   for i = 1, #all, 2 do
     local f = all[i]
-    local p = string.sub(f, 1, 2)
-    if p == 'd:' or p == 's:' then
+    local p, c = string.byte(f, 1, 2)
+    if c == COLON and p == D then
       local d = tonumber(string.sub(f, 3))
-      if d <= limit then
-        redis.call('HDEL', key, f)
-      elseif p == 's:' then
-        marks[d] = true
-      elseif #all[i + 1] == width then
-        vectors[d] = all[i + 1]
-        order[#order + 1] = d
-      end
+      dday[#dday + 1] = d
+      dval[#dval + 1] = all[i + 1]
+      if d > newest then newest = d end
+    elseif c == COLON and p == S then
+      sday[#sday + 1] = tonumber(string.sub(f, 3))
     elseif f == 'sev' then
       level = tonumber(all[i + 1]) or 0
     elseif f == 'model' then
       name = all[i + 1]
     end
   end
+  if model ~= '' and model ~= name then
+    redis.call('HSET', key, 'model', model)
+    name = model
+  end
+  -- Trim relative to the oldest day of this drive in the batch, so every
+  -- window ending on a day of the batch still has its history.
+  local limit = math.min(newest, oldest) - keep
+  local drop, marks, vectors, order = {}, {}, {}, {}
+  for i = 1, #dday do
+    local d = dday[i]
+    if d <= limit then
+      drop[#drop + 1] = 'd:' .. d
+    elseif #dval[i] == width then
+      vectors[d] = dval[i]
+      order[#order + 1] = d
+    end
+  end
+  for i = 1, #sday do
+    if sday[i] <= limit then drop[#drop + 1] = 's:' .. sday[i] else marks[sday[i]] = true end
+  end
+  if #drop > 0 then redis.call('HDEL', key, unpack(drop)) end
   table.sort(order)
   for _, d in ipairs(order) do
     days[#days + 1] = d
