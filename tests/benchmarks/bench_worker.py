@@ -13,6 +13,9 @@ Measured in one run, on the same topic of simulated telemetry:
   record completes a window);
 * ``engine``: the inference engine alone on windows of the worker's batch
   size, and raw ``predict_on_batch`` on the same batches;
+* ``processor_alone``: the worker's batch processor fed the same messages
+  in-process (real Redis, no Kafka, no faust): what the pipeline itself
+  sustains, with and without scoring;
 * Redis bytes per tracked serial (``MEMORY USAGE`` of window keys).
 
 Targets: no_score >= 0.5 x plain; score windows/s >= 0.8 x engine; engine >=
@@ -208,6 +211,46 @@ def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: 
         proc.wait(30)
 
 
+def processor_alone(bundle_path: Path, messages: list[tuple[bytes, bytes]], redis_url: str, batch: int,
+                    score: bool) -> dict[str, float]:
+    """The worker's batch processor fed in-process (real Redis, no Kafka, no faust): the pipeline's own rate."""
+    import redis.asyncio as aioredis
+
+    from models.bundle import load_bundle
+    from stream.processor import BatchProcessor, InMessage
+    from stream.windowstate import WindowState
+
+    bundle = load_bundle(bundle_path)
+    prefix = f"bench:{uuid.uuid4().hex[:6]}"
+
+    async def run() -> dict[str, float]:
+        client = aioredis.from_url(redis_url, decode_responses=False)
+        state = WindowState(client, bundle.spec, prefix=prefix, ttl_seconds=3600,
+                            keep_days=bundle.window.window + bundle.window.max_gap)
+        processor = BatchProcessor(bundle, state, score=score, max_batch=batch)
+        processor.warmup()
+        inbox = [InMessage(v, k, "bench", 0, i) for i, (k, v) in enumerate(messages)]
+        started = time.perf_counter()
+        windows, scoring_from, windows_before = 0, None, 0
+        for i in range(0, len(inbox), batch):
+            pending = await processor.prepare(inbox[i:i + batch])
+            await processor.commit(pending)
+            if pending.windows_scored and scoring_from is None:
+                scoring_from, windows_before = time.perf_counter(), windows
+            windows += pending.windows_scored
+        elapsed = time.perf_counter() - started
+        out = {"records_per_s": len(inbox) / elapsed}
+        if scoring_from is not None:
+            out["steady_windows_per_s"] = (windows - windows_before) / (time.perf_counter() - scoring_from)
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=5000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        return out
+
+    return asyncio.run(run())
+
+
 def engine_vs_raw(bundle_path: Path, batch: int, seconds: float = 3.0) -> dict[str, float]:
     import numpy as np
 
@@ -276,6 +319,8 @@ def main() -> None:
         scored = run_worker(bundle, env, n, score=True)
         redis_bytes_per_serial(redis_url, scored["prefix"])
         engine = engine_vs_raw(bundle, args.batch_size)
+        alone_no_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=False)
+        alone_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=True)
     plain_rate = n / plain_s
     no_score_rate = no_score["records"] / no_score["seconds"]
     score_rate = scored["records"] / scored["seconds"]
@@ -297,6 +342,9 @@ def main() -> None:
         "worker_score_steady_windows_per_s": round(steady_windows_rate),
         "windows_scored": int(scored["windows"]),
         "engine_windows_per_s": round(engine["engine_windows_per_s"]),
+        "processor_alone_no_score_records_per_s": round(alone_no_score["records_per_s"]),
+        "processor_alone_score_steady_windows_per_s": round(alone_score.get("steady_windows_per_s", 0.0)),
+        "ratio_processor_alone_score_vs_engine": round(alone_score.get("steady_windows_per_s", 0.0) / engine["engine_windows_per_s"], 3),
         "raw_predict_windows_per_s": round(engine["raw_predict_windows_per_s"]),
         "ratio_no_score_vs_plain": round(no_score_rate / plain_rate, 3),
         "ratio_no_score_vs_faust_noop": round(no_score_rate / noop_rate, 3),
