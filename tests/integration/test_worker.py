@@ -106,6 +106,16 @@ def stored_days(client: redis.Redis, stream: Stream, bundle_path: Path, serials:
     return sum(len(drive_state(client, stream, bundle_path, s).days) for s in serials)
 
 
+def last_days(sim_fleet: Path, sim_bundle: Path, drives: int) -> dict[str, list[TelemetryRecord]]:
+    """The first ``drives`` serials with their last S + G days: every one must stay in a window."""
+    bundle = load_bundle(sim_bundle)
+    keep = bundle.window.window + bundle.window.max_gap
+    by_serial: dict[str, list[TelemetryRecord]] = {}
+    for r in read_records(sim_fleet):
+        by_serial.setdefault(r.serial_number, []).append(r)
+    return {s: rs[-keep:] for s, rs in sorted(by_serial.items())[:drives]}
+
+
 @pytest.fixture
 def sync_redis(redis_url: str):
     client = redis.Redis.from_url(redis_url)
@@ -267,14 +277,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
     kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_truth: dict,
     sim_bundle: Path,
 ) -> None:
-    bundle = load_bundle(sim_bundle)
-    keep = bundle.window.window + bundle.window.max_gap
-    records = read_records(sim_fleet)
-    by_serial: dict[str, list[TelemetryRecord]] = {}
-    for r in records:
-        by_serial.setdefault(r.serial_number, []).append(r)
-    # Each drive's last `keep` days: every one of them must stay in its window.
-    chosen = {s: rs[-keep:] for s, rs in sorted(by_serial.items())[:400]}
+    chosen = last_days(sim_fleet, sim_bundle, 400)
     send = [r for rs in chosen.values() for r in rs]
     probe = list(chosen)[:5]
     stream = Stream(kafka_bootstrap, redis_url)
@@ -341,13 +344,9 @@ def _pings(client: redis.Redis) -> bool:
 def test_redis_down_mid_stream_worker_retries_and_loses_nothing(
     kafka_bootstrap: str, sim_fleet: Path, sim_bundle: Path, tmp_path: Path
 ) -> None:
-    bundle = load_bundle(sim_bundle)
-    keep = bundle.window.window + bundle.window.max_gap
-    by_serial: dict[str, list[TelemetryRecord]] = {}
-    for r in read_records(sim_fleet):
-        by_serial.setdefault(r.serial_number, []).append(r)
-    chosen = {s: rs[-keep:] for s, rs in sorted(by_serial.items())[:200]}
-    cut = sorted({r.date for rs in chosen.values() for r in rs})[keep // 2]
+    chosen = last_days(sim_fleet, sim_bundle, 200)
+    days = sorted({r.date for rs in chosen.values() for r in rs})
+    cut = days[len(days) // 2]
     first = [r for rs in chosen.values() for r in rs if r.date < cut]
     second = [r for rs in chosen.values() for r in rs if r.date >= cut]
     private = PrivateRedis(tmp_path).start()
@@ -389,12 +388,7 @@ def metric(port: int, name: str) -> float:
 def test_two_workers_share_four_partitions_and_survive_rebalance(
     kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_bundle: Path,
 ) -> None:
-    bundle = load_bundle(sim_bundle)
-    keep = bundle.window.window + bundle.window.max_gap
-    by_serial: dict[str, list[TelemetryRecord]] = {}
-    for r in read_records(sim_fleet):
-        by_serial.setdefault(r.serial_number, []).append(r)
-    chosen = {s: rs[-keep:] for s, rs in sorted(by_serial.items())[:300]}
+    chosen = last_days(sim_fleet, sim_bundle, 300)
     records = [r for rs in chosen.values() for r in rs]
     half = len(records) // 2
     stream = Stream(kafka_bootstrap, redis_url, partitions=4)
