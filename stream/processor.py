@@ -251,10 +251,9 @@ def _count_in(messages: list[InMessage], pending: PendingBatch) -> None:
 
 def _within_reach(state: BatchState, batch: WireBatch, owner: np.ndarray, reach: int) -> np.ndarray:
     """Per stored row: its day is 0..reach days after some day this batch brought for the drive."""
-    drive = np.searchsorted(np.asarray(state.serials, dtype=object), np.asarray(batch.serials, dtype=object))
-    span = np.int64(max(int(state.days.max()), int(batch.days.max())) - min(int(state.days.min()), int(batch.days.min())) + 1)
     base = min(int(state.days.min()), int(batch.days.min()))
-    came = np.unique(drive * span + (batch.days - base))
+    span = max(int(state.days.max()), int(batch.days.max())) - base + 1
+    came = np.unique(state.drives(batch.serials) * span + (batch.days - base))
     stored = owner * span + (state.days - base)
     # The latest batch day of the same drive on or before each stored day.
     pos = np.searchsorted(came, stored, side="right") - 1

@@ -198,8 +198,12 @@ class BatchState:
         """Drive index of each row."""
         return np.repeat(np.arange(len(self.serials)), np.diff(self.starts))
 
+    def drives(self, serials: Sequence[str]) -> np.ndarray:
+        """Drive index of each of ``serials`` (each must be one this batch touched)."""
+        return np.searchsorted(np.asarray(self.serials, dtype=object), np.asarray(serials, dtype=object))
+
     def index(self, serial: str) -> int:
-        i = int(np.searchsorted(np.asarray(self.serials, dtype=object), serial))
+        i = int(self.drives([serial])[0])
         if i == len(self.serials) or self.serials[i] != serial:
             raise KeyError(serial)
         return i
