@@ -11,8 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
-from diskwatch.records import Alert
-from diskwatch.settings import Settings
+from diskwatch.core.records import Alert
+from diskwatch.core.settings import Settings
 
 
 async def tail_alerts(

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from models.windows import WindowConfig as WindowArgs
+    from diskwatch.models.windows import WindowConfig as WindowArgs
 
 app = typer.Typer(
     name="diskwatch",
@@ -35,7 +35,7 @@ def schemas(
     out: Path = typer.Option(Path("docs/schemas"), help="Folder to write *.schema.json into."),
 ) -> None:
     """Write the JSON Schemas of TelemetryRecord, Alert and DeadLetter."""
-    from diskwatch.records import json_schemas
+    from diskwatch.core.records import json_schemas
 
     out.mkdir(parents=True, exist_ok=True)
     for stem, schema in json_schemas().items():
@@ -47,7 +47,7 @@ def schemas(
 @app.command()
 def config() -> None:
     """Print the effective settings (env DISKWATCH_*, env file, defaults); secrets masked."""
-    from diskwatch.settings import Settings
+    from diskwatch.core.settings import Settings
 
     print(json.dumps(Settings().redacted(), indent=2, sort_keys=True))
 
@@ -59,7 +59,7 @@ def smoke(
     """Round-trip one telemetry record through the configured Kafka and Redis."""
     import asyncio
 
-    from diskwatch.settings import Settings
+    from diskwatch.core.settings import Settings
     from diskwatch.smoke import run_smoke
 
     report = asyncio.run(run_smoke(Settings(), timeout=timeout))
@@ -92,9 +92,9 @@ def sequences(
     seed: int = typer.Option(0, help="Seed for sampling and splits."),
 ) -> None:
     """Build labelled per-drive windows (a window store) from Backblaze dumps."""
-    from models.windows import WindowConfig
-    from training.dumps import DumpFilter
-    from training.windowstore import build_store
+    from diskwatch.core.dumps import DumpFilter
+    from diskwatch.models.windows import WindowConfig
+    from diskwatch.training.windowstore import build_store
 
     config = WindowConfig(window=window, horizon=horizon, max_gap=max_gap, stride=stride)
     filters = DumpFilter(
@@ -161,7 +161,7 @@ def synth(
     failure_boost: float | None = typer.Option(None, min=0.0, help="Multiply every model's AFR (default 6)."),
 ) -> None:
     """Simulate a Backblaze-shaped fleet (SIMULATED SMART data with ground truth)."""
-    from training.synth import synth_command
+    from diskwatch.training.synth import synth_command
 
     synth_command(drives=drives, days=days, start=start, out=out, seed=seed, compress=compress,
                   failure_boost=failure_boost)
@@ -173,7 +173,7 @@ def _store_for(
     """A window store for ``data``: reuse ``data`` if it is one, else build (cached)."""
     import hashlib
 
-    from training.windowstore import build_store
+    from diskwatch.training.windowstore import build_store
 
     if (data / "manifest.json").exists() and (data / "serials.parquet").exists():
         return data
@@ -223,10 +223,10 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
 ) -> None:
     """Train the classifier and autoencoder (+ RUL, + XGBoost baseline) into a model bundle."""
-    from models.windows import WindowConfig
-    from training.fit import TrainConfig
-    from training.fit import train as fit
-    from training.windowstore import WindowStore
+    from diskwatch.models.windows import WindowConfig
+    from diskwatch.training.fit import TrainConfig
+    from diskwatch.training.fit import train as fit
+    from diskwatch.training.windowstore import WindowStore
 
     config = WindowConfig(window=window, horizon=horizon, max_gap=max_gap)
     try:
@@ -257,9 +257,9 @@ def evaluate(
     models: list[str] = typer.Option([], "--models", help="Keep drive models containing this (repeatable)."),
 ) -> None:
     """Score every window of a dump as the stream would; write metrics.json, plots, report.md."""
-    from models.bundle import BundleError
-    from training.dumps import DumpFilter
-    from training.evaluate import evaluate as run
+    from diskwatch.core.dumps import DumpFilter
+    from diskwatch.models.bundle import BundleError
+    from diskwatch.training.evaluate import evaluate as run
 
     if split not in ("test", "all", "train", "val"):
         raise typer.BadParameter("split must be test, all, train or val", param_hint="--split")
@@ -289,9 +289,9 @@ def tune(
     """Bayesian search (KerasTuner) over learning rate, width, depth and window length."""
     from rich.table import Table
 
-    from models.windows import WindowConfig
-    from training.tune import tune as search
-    from training.windowstore import WindowStore
+    from diskwatch.models.windows import WindowConfig
+    from diskwatch.training.tune import tune as search
+    from diskwatch.training.windowstore import WindowStore
 
     store = WindowStore(_store_for(data, WindowConfig(window=window, horizon=horizon), None, seed, 1.0))
     out.mkdir(parents=True, exist_ok=True)
@@ -309,15 +309,14 @@ def tune(
 def worker(
     model: Path = typer.Option(..., "--model", help="Model bundle directory (hot-swapped when it changes)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes in one consumer group."),
-    worker_index: int | None = typer.Option(None, hidden=True, help="Set by --workers for each child."),
     score: bool = typer.Option(True, help="--no-score keeps windows but skips inference (benchmarks)."),
 ) -> None:
     """Consume telemetry, keep windows in Redis, score them, publish alerts and dead letters."""
     import logging
 
-    from diskwatch.settings import Settings
-    from models.bundle import BundleError, read_manifest
-    from stream.runner import run_worker, run_workers
+    from diskwatch.core.settings import Settings
+    from diskwatch.models.bundle import BundleError, read_manifest
+    from diskwatch.stream.runner import run_worker, run_workers
 
     try:
         read_manifest(model)
@@ -326,9 +325,9 @@ def worker(
         raise typer.Exit(2) from None
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if workers > 1 and worker_index is None:
+    if workers > 1:
         raise typer.Exit(run_workers(model, workers, score=score))
-    run_worker(settings, model, index=worker_index or 0, score=score)
+    run_worker(settings, model, index=0, score=score)
 
 
 @app.command()
@@ -346,9 +345,9 @@ def replay(
     """Replay historical days through Kafka in date order (TelemetryRecord JSON keyed by serial)."""
     import asyncio
 
+    from diskwatch.core.dumps import DumpFilter
+    from diskwatch.core.settings import Settings
     from diskwatch.replay import replay as run
-    from diskwatch.settings import Settings
-    from training.dumps import DumpFilter
 
     if sum(x is not None and x is not False for x in (speed, rate, max_speed or None)) > 1:
         raise typer.BadParameter("choose one of --speed, --rate, --max")
@@ -394,8 +393,8 @@ def alerts(
 
     from diskwatch.alerts import alert_table, tail_alerts
     from diskwatch.alerts import as_json as to_json
-    from diskwatch.records import Alert
-    from diskwatch.settings import Settings
+    from diskwatch.core.records import Alert
+    from diskwatch.core.settings import Settings
 
     async def run() -> None:
         stream = tail_alerts(Settings(), topic=topic, from_beginning=from_beginning, serial=serial,
@@ -425,8 +424,8 @@ def demo(
     speed: float | None = typer.Option(None, "--speed", help="Replay days per second (default: as fast as possible)."),
 ) -> None:
     """Simulate a fleet, train, stream it through a real worker, show alerts, summarize (needs the stack)."""
+    from diskwatch.core.settings import Settings
     from diskwatch.demo import run_demo
-    from diskwatch.settings import Settings
 
     run_demo(Settings(), data=data, drives=drives, days=days, seed=seed, epochs=epochs, speed=speed)
 

@@ -30,9 +30,9 @@ from rich.live import Live
 from rich.table import Table
 
 from diskwatch.alerts import alert_table, tail_alerts
-from diskwatch.records import Alert
+from diskwatch.core.records import Alert
+from diskwatch.core.settings import Settings
 from diskwatch.replay import ReplaySummary, replay
-from diskwatch.settings import Settings
 
 
 @dataclass
@@ -67,14 +67,14 @@ def _free_port() -> int:
 
 
 def _day_range(data: Path) -> tuple[dt.date, dt.date]:
-    from training.dumps import find_days
+    from diskwatch.core.dumps import find_days
 
     days = find_days(data)
     return days[0].day, days[-1].day
 
 
 def prepare_fleet(workdir: Path, drives: int, days: int, seed: int, console: Console) -> Path:
-    from training.synth import FleetConfig, write_fleet
+    from diskwatch.training.synth import FleetConfig, write_fleet
 
     out = workdir / f"fleet-{drives}x{days}-s{seed}"
     if (out / "fleet.json").exists():
@@ -86,10 +86,10 @@ def prepare_fleet(workdir: Path, drives: int, days: int, seed: int, console: Con
 
 
 def prepare_bundle(data: Path, workdir: Path, train_until: dt.date, epochs: int, seed: int, console: Console) -> Path:
-    from models.windows import WindowConfig
-    from training.dumps import DumpFilter
-    from training.fit import TrainConfig, train
-    from training.windowstore import WindowStore, build_store
+    from diskwatch.core.dumps import DumpFilter
+    from diskwatch.models.windows import WindowConfig
+    from diskwatch.training.fit import TrainConfig, train
+    from diskwatch.training.windowstore import WindowStore, build_store
 
     key = hashlib.sha256(json.dumps([str(data.resolve()), train_until.isoformat(), epochs, seed]).encode()).hexdigest()[:10]
     bundle = workdir / f"bundle-{key}"
@@ -108,7 +108,7 @@ def prepare_bundle(data: Path, workdir: Path, train_until: dt.date, epochs: int,
 
 def _ground_truth(data: Path, since: dt.date) -> tuple[set[str], dict[str, dt.date]]:
     """Drives seen since ``since`` and the failure day of those that failed."""
-    from training.dumps import DumpFilter, iter_days
+    from diskwatch.core.dumps import DumpFilter, iter_days
 
     drives: set[str] = set()
     failed: dict[str, dt.date] = {}
@@ -187,7 +187,7 @@ def run_demo(
     cutoff = first + dt.timedelta(days=max(span * 2 // 3, 1))
     bundle = prepare_bundle(data, workdir, cutoff - dt.timedelta(days=1), epochs, seed, console)
 
-    from models.bundle import read_manifest
+    from diskwatch.models.bundle import read_manifest
 
     window = read_manifest(bundle).window
     run = uuid.uuid4().hex[:8]
@@ -227,7 +227,7 @@ async def _stream(
     data: Path, settings: Settings, replay_from: dt.date, speed: float | None, worker: WorkerProcess,
     console: Console, result: DemoResult,
 ) -> list[Alert]:
-    from training.dumps import DumpFilter
+    from diskwatch.core.dumps import DumpFilter
 
     alerts: list[Alert] = []
     status = {"text": "starting"}

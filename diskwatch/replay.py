@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from diskwatch.records import DeadLetter, InvalidRecord
-from diskwatch.settings import Settings
-from training.dumps import SMART_COLUMN, DumpFilter, ReadStats, iter_days
+from diskwatch.core.dumps import SMART_COLUMN, DumpFilter, ReadStats, iter_days
+from diskwatch.core.records import DeadLetter, InvalidRecord
+from diskwatch.core.settings import Settings
 
 
 @dataclass

@@ -9,8 +9,8 @@ import uuid
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from diskwatch.records import SmartValue, TelemetryRecord
-from diskwatch.settings import Settings
+from diskwatch.core.records import SmartValue, TelemetryRecord
+from diskwatch.core.settings import Settings
 
 
 async def run_smoke(settings: Settings, *, timeout: float = 30.0) -> list[str]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.bundle import Thresholds
-from models.features import FeatureSpec
-from models.inference import Scores
+from diskwatch.models.bundle import Thresholds
+from diskwatch.models.features import FeatureSpec
+from diskwatch.models.inference import Scores
 
 NONE, WARNING, CRITICAL = 0, 1, 2
 SEVERITY_NAMES = {WARNING: "warning", CRITICAL: "critical"}

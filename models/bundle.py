@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.features import FeatureSpec
-from models.windows import WindowConfig
+from diskwatch.models.features import FeatureSpec
+from diskwatch.models.windows import WindowConfig
 
 if TYPE_CHECKING:
     import keras
 
-    from models.inference import Scorer
+    from diskwatch.models.inference import Scorer
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -127,7 +127,7 @@ class Bundle:
         return None if name is None else self.path / name
 
     def scorer(self, **kwargs: Any) -> Scorer:
-        from models.inference import Scorer
+        from diskwatch.models.inference import Scorer
 
         return Scorer(self.classifier, self.autoencoder, self.rul, **kwargs)
 

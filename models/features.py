@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from diskwatch.records import TelemetryRecord
+    from diskwatch.core.records import TelemetryRecord
 
 Kind = Literal["raw", "normalized"]
 Transform = Literal["log1p", "identity"]

@@ -25,11 +25,11 @@ from typing import Any, TypeVar
 import faust
 from aiohttp import web
 
-from diskwatch.settings import Settings
-from models.bundle import Bundle, load_bundle, read_manifest
-from stream import metrics
-from stream.processor import BatchProcessor, InMessage, PendingBatch
-from stream.windowstate import WindowState
+from diskwatch.core.settings import Settings
+from diskwatch.models.bundle import Bundle, load_bundle, read_manifest
+from diskwatch.stream import metrics
+from diskwatch.stream.processor import BatchProcessor, InMessage, PendingBatch
+from diskwatch.stream.windowstate import WindowState
 
 log = logging.getLogger("diskwatch.worker")
 T = TypeVar("T")

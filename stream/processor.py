@@ -29,14 +29,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from diskwatch.records import Alert, AlertReason, DeadLetter, LifeExpectancy, Severity
-from diskwatch.wire import WireBatch, decode_batch
-from models.alerting import life_expectancy, severity, top_reasons
-from models.bundle import Bundle
-from models.inference import Scores
-from models.windows import WindowConfig, from_day_number, windows_ending_at
-from stream import metrics
-from stream.windowstate import BatchState, WindowState
+from diskwatch.core.records import Alert, AlertReason, DeadLetter, LifeExpectancy, Severity
+from diskwatch.core.wire import WireBatch, decode_batch
+from diskwatch.models.alerting import life_expectancy, severity, top_reasons
+from diskwatch.models.bundle import Bundle
+from diskwatch.models.inference import Scores
+from diskwatch.models.windows import WindowConfig, from_day_number, windows_ending_at
+from diskwatch.stream import metrics
+from diskwatch.stream.windowstate import BatchState, WindowState
 
 T = TypeVar("T")
 

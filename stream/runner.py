@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from diskwatch.settings import Settings
+from diskwatch.core.settings import Settings
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -55,7 +55,7 @@ def run_worker(settings: Settings, bundle: Path, *, index: int = 0, score: bool 
     created = asyncio.run(ensure_topics(settings))
     if created:
         logging.getLogger("diskwatch").info("created topics %s", created)
-    from stream.app import create_app
+    from diskwatch.stream.app import create_app
 
     port = settings.metrics_port + index if settings.metrics_port else 0
     app, _ = create_app(settings, bundle, score=score, web_port=port)
@@ -70,14 +70,19 @@ def run_worker(settings: Settings, bundle: Path, *, index: int = 0, score: bool 
     worker.execute_from_commandline()
 
 
-def run_workers(bundle: Path, workers: int, *, score: bool = True, extra_args: list[str] | None = None) -> int:
-    """Start ``workers`` child processes and supervise them; returns an exit code."""
+def run_workers(bundle: Path, workers: int, *, score: bool = True) -> int:
+    """Start ``workers`` child processes and supervise them; returns an exit code.
+
+    Each child runs this module (``python -m diskwatch.stream.runner``), not the CLI: the
+    online path starts without the shell, and children read the same environment settings.
+    """
     children: list[subprocess.Popen[bytes]] = []
     for index in range(workers):
-        cmd = [sys.executable, "-m", "diskwatch", "worker", "--model", str(bundle), "--worker-index", str(index)]
+        cmd = [sys.executable, "-m", __spec__.name if __spec__ else "diskwatch.stream.runner",
+               "--bundle", str(bundle), "--index", str(index)]
         if not score:
             cmd.append("--no-score")
-        children.append(subprocess.Popen(cmd + (extra_args or [])))
+        children.append(subprocess.Popen(cmd))
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -95,3 +100,21 @@ def run_workers(bundle: Path, workers: int, *, score: bool = True, extra_args: l
                 forward(signal.SIGTERM, None)
         time.sleep(0.2)
     return status or max((c.returncode or 0) for c in children)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of one child started by :func:`run_workers`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m diskwatch.stream.runner", description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    parser.add_argument("--index", type=int, default=0, help="worker index (metrics port offset)")
+    parser.add_argument("--no-score", dest="score", action="store_false", help="keep windows, skip inference")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_worker(settings, args.bundle, index=args.index, score=args.score)
+
+
+if __name__ == "__main__":
+    main()

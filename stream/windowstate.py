@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from models.features import FeatureSpec
+from diskwatch.models.features import FeatureSpec
 
 # KEYS: one window hash per drive, each once. ARGV: keep, ttl, vector width in
 # bytes, then per key: n, oldest day of the drive in this batch, model, and n

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.features import FeatureSpec
-from training.metrics import threshold_for_drive_far
+from diskwatch.models.features import FeatureSpec
+from diskwatch.training.metrics import threshold_for_drive_far
 
 if TYPE_CHECKING:
-    from training.windowstore import WindowStore
+    from diskwatch.training.windowstore import WindowStore
 
 
 def available() -> bool:

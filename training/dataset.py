@@ -14,8 +14,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from models.features import FeatureSpec
-from training.windowstore import WindowStore
+from diskwatch.models.features import FeatureSpec
+from diskwatch.training.windowstore import WindowStore
 
 
 def balanced_class_weight(labels: np.ndarray) -> dict[int, float]:

@@ -21,13 +21,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.alerting import combined_score, fires
-from models.bundle import Bundle, load_bundle
-from models.features import BACKBLAZE_CRITICAL, Feature, FeatureSpec
-from models.windows import day_number, label
-from training import baseline
-from training.dumps import DumpFilter, ReadStats, iter_days
-from training.metrics import (
+from diskwatch.core.dumps import DumpFilter, ReadStats, iter_days
+from diskwatch.models.alerting import combined_score, fires
+from diskwatch.models.bundle import Bundle, load_bundle
+from diskwatch.models.features import BACKBLAZE_CRITICAL, Feature, FeatureSpec
+from diskwatch.models.windows import day_number, label
+from diskwatch.training import baseline
+from diskwatch.training.metrics import (
     detection_at_far,
     detection_vs_far_curve,
     lead_times,
@@ -35,7 +35,7 @@ from training.metrics import (
     smart_rule_scores,
     summarize_detector,
 )
-from training.sequences import SequenceBuilder
+from diskwatch.training.sequences import SequenceBuilder
 
 Split = Literal["test", "all", "train", "val"]
 
@@ -165,7 +165,7 @@ def evaluate(
     on_day: Callable[[dt.date, int], None] | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, plots and ``report.md`` to ``out``; return metrics."""
-    from training.report import write_report
+    from diskwatch.training.report import write_report
 
     bundle = load_bundle(bundle_path)
     out = Path(out)
@@ -182,7 +182,7 @@ def evaluate(
 def summarize(bundle: Bundle, scored: dict[str, Any], lead_max: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics per detector plus the arrays the report plots."""
     t = bundle.thresholds
-    from models.inference import Scores
+    from diskwatch.models.inference import Scores
 
     scores = Scores(scored["probability"], scored["anomaly"], np.zeros((scored["anomaly"].size, 0)), None)
     serial, end_day, failure_day = scored["serial"], scored["end_day"], scored["failure_day"]

@@ -19,15 +19,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from models.architectures import build
-from models.bundle import Thresholds, save_bundle
-from models.features import FeatureSpec
-from models.inference import Scorer, Scores
-from training import baseline
-from training.dataset import WindowDataset, balanced_class_weight
-from training.metrics import threshold_for_drive_far, threshold_max_f1
-from training.progress import RichProgress
-from training.windowstore import WindowStore
+from diskwatch.models.architectures import build
+from diskwatch.models.bundle import Thresholds, save_bundle
+from diskwatch.models.features import FeatureSpec
+from diskwatch.models.inference import Scorer, Scores
+from diskwatch.training import baseline
+from diskwatch.training.dataset import WindowDataset, balanced_class_weight
+from diskwatch.training.metrics import threshold_for_drive_far, threshold_max_f1
+from diskwatch.training.progress import RichProgress
+from diskwatch.training.windowstore import WindowStore
 
 
 class TrainConfig(BaseModel):

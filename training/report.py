@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from training.metrics import detection_at_far, pr_curve, roc_curve
+from diskwatch.training.metrics import detection_at_far, pr_curve, roc_curve
 
 __all__ = ["DETECTOR_ORDER", "write_report"]
 

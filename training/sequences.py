@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from models.features import FeatureSpec
-from models.windows import WindowConfig, day_number
+from diskwatch.models.features import FeatureSpec
+from diskwatch.models.windows import WindowConfig, day_number
 
 
 def keep_fraction(serial_hash: np.ndarray, day: int, seed: int) -> np.ndarray:

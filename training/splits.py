@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.sequences import keep_fraction, serial_hash
+from diskwatch.training.sequences import keep_fraction, serial_hash
 
 SPLITS = ("train", "val", "test")
 

@@ -68,7 +68,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import typer
 
-from diskwatch.records import BASE_COLUMNS, KNOWN_EXTRA_COLUMNS
+from diskwatch.core.records import BASE_COLUMNS, KNOWN_EXTRA_COLUMNS
 
 # ---------------------------------------------------------------------------
 # Layout

@@ -16,10 +16,10 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from models.architectures import build
-from models.features import FeatureSpec
-from training.dataset import WindowDataset, balanced_class_weight
-from training.windowstore import WindowStore
+from diskwatch.models.architectures import build
+from diskwatch.models.features import FeatureSpec
+from diskwatch.training.dataset import WindowDataset, balanced_class_weight
+from diskwatch.training.windowstore import WindowStore
 
 
 class _LastSteps(keras.utils.PyDataset):

@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.features import FeatureSpec, ScalerStats
-from models.windows import WindowConfig, day_number, from_day_number, label
-from training.dumps import DumpFilter, ReadStats, iter_days
-from training.sequences import EmittedWindows, SequenceBuilder
-from training.splits import SPLITS, assign_splits, time_mask
+from diskwatch.core.dumps import DumpFilter, ReadStats, iter_days
+from diskwatch.models.features import FeatureSpec, ScalerStats
+from diskwatch.models.windows import WindowConfig, day_number, from_day_number, label
+from diskwatch.training.sequences import EmittedWindows, SequenceBuilder
+from diskwatch.training.splits import SPLITS, assign_splits, time_mask
 
 STORE_FORMAT = 1
 

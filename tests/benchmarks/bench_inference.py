@@ -33,8 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
-from models.architectures import build_classifier, build_lstm_autoencoder
-from models.inference import Scorer
+from diskwatch.models.architectures import build_classifier, build_lstm_autoencoder
+from diskwatch.models.inference import Scorer
 
 WINDOW = 14
 N_FEATURES = 15

@@ -19,10 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
+from diskwatch.core.dumps import iter_days
+from diskwatch.core.settings import Settings
 from diskwatch.replay import replay, wire_messages
-from diskwatch.settings import Settings
-from training.dumps import iter_days
-from training.synth import FleetConfig, write_fleet
+from diskwatch.training.synth import FleetConfig, write_fleet
 
 
 async def bare_producer(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]) -> float:

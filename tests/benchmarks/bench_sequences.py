@@ -22,7 +22,7 @@ from pathlib import Path
 
 PIPELINE = """
 import json, resource, sys, time
-from training.windowstore import build_store
+from diskwatch.training.windowstore import build_store
 t = time.perf_counter()
 r = build_store(sys.argv[1], sys.argv[2], healthy_fraction=float(sys.argv[3]))
 s = time.perf_counter() - t
@@ -59,7 +59,7 @@ def main() -> None:
         data = args.data
         synth_s = None
         if data is None:
-            from training.synth import FleetConfig, write_fleet
+            from diskwatch.training.synth import FleetConfig, write_fleet
 
             data = Path(tmp) / "dump"
             t = time.perf_counter()

@@ -56,10 +56,10 @@ def make_bundle(root: Path) -> Path:
     """Default-size, untrained models: throughput does not depend on the weights."""
     import numpy as np
 
-    from models.architectures import build
-    from models.bundle import Thresholds, save_bundle
-    from models.features import FeatureSpec, ScalerStats
-    from models.windows import WindowConfig
+    from diskwatch.models.architectures import build
+    from diskwatch.models.bundle import Thresholds, save_bundle
+    from diskwatch.models.features import FeatureSpec, ScalerStats
+    from diskwatch.models.windows import WindowConfig
 
     spec = FeatureSpec()
     stats = ScalerStats(spec.n_features)
@@ -76,8 +76,8 @@ def make_bundle(root: Path) -> Path:
 def records(drives: int, days: int, root: Path) -> list[tuple[bytes, bytes]]:
     import csv
 
-    from diskwatch.records import TelemetryRecord
-    from training.synth import FleetConfig, write_fleet
+    from diskwatch.core.records import TelemetryRecord
+    from diskwatch.training.synth import FleetConfig, write_fleet
 
     write_fleet(FleetConfig(drives=drives, days=days, start=dt.date(2024, 1, 1), seed=5), root / "dump", progress=False)
     out = []
@@ -136,8 +136,8 @@ FAUST_NOOP = """
 import asyncio, os, sys, time
 import faust
 from faust.worker import Worker
-from diskwatch.settings import Settings
-from stream.app import faust_options
+from diskwatch.core.settings import Settings
+from diskwatch.stream.app import faust_options
 
 settings = Settings()
 n = int(sys.argv[1])
@@ -216,9 +216,9 @@ def processor_alone(bundle_path: Path, messages: list[tuple[bytes, bytes]], redi
     """The worker's batch processor fed in-process (real Redis, no Kafka, no faust): the pipeline's own rate."""
     import redis.asyncio as aioredis
 
-    from models.bundle import load_bundle
-    from stream.processor import BatchProcessor, InMessage
-    from stream.windowstate import WindowState
+    from diskwatch.models.bundle import load_bundle
+    from diskwatch.stream.processor import BatchProcessor, InMessage
+    from diskwatch.stream.windowstate import WindowState
 
     bundle = load_bundle(bundle_path)
     prefix = f"bench:{uuid.uuid4().hex[:6]}"
@@ -254,7 +254,7 @@ def processor_alone(bundle_path: Path, messages: list[tuple[bytes, bytes]], redi
 def engine_vs_raw(bundle_path: Path, batch: int, seconds: float = 3.0) -> dict[str, float]:
     import numpy as np
 
-    from models.bundle import load_bundle
+    from diskwatch.models.bundle import load_bundle
 
     bundle = load_bundle(bundle_path)
     scorer = bundle.scorer(max_batch=batch)
@@ -295,7 +295,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     args = parser.parse_args()
 
-    from diskwatch.settings import Settings
+    from diskwatch.core.settings import Settings
 
     settings = Settings()
     bootstrap = settings.kafka_bootstrap_servers

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from models.windows import WindowConfig
-from training.fit import TrainConfig, train
-from training.synth import FleetConfig, write_fleet
-from training.windowstore import WindowStore, build_store
+from diskwatch.models.windows import WindowConfig
+from diskwatch.training.fit import TrainConfig, train
+from diskwatch.training.synth import FleetConfig, write_fleet
+from diskwatch.training.windowstore import WindowStore, build_store
 
 WINDOW = WindowConfig(window=7, horizon=5, max_gap=2)
 

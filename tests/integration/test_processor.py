@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from diskwatch.records import TelemetryRecord
-from models.bundle import load_bundle
-from stream.processor import BatchProcessor, InMessage
-from stream.windowstate import WindowState
+from diskwatch.core.records import TelemetryRecord
+from diskwatch.models.bundle import load_bundle
+from diskwatch.stream.processor import BatchProcessor, InMessage
+from diskwatch.stream.windowstate import WindowState
 from tests.integration.workers import read_records
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

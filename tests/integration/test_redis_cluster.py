@@ -21,12 +21,12 @@ import pytest
 import pytest_asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from diskwatch.records import TelemetryRecord
-from diskwatch.settings import Settings
-from models.features import FeatureSpec
-from models.windows import day_number
-from stream.app import redis_client
-from stream.windowstate import WindowState, window_key
+from diskwatch.core.records import TelemetryRecord
+from diskwatch.core.settings import Settings
+from diskwatch.models.features import FeatureSpec
+from diskwatch.models.windows import day_number
+from diskwatch.stream.app import redis_client
+from diskwatch.stream.windowstate import WindowState, window_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "deploy" / "local" / "redis-cluster"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from diskwatch.records import TelemetryRecord
+from diskwatch.core.dumps import DumpFilter
+from diskwatch.core.records import TelemetryRecord
+from diskwatch.core.settings import Settings
+from diskwatch.models.bundle import load_bundle
 from diskwatch.replay import replay
-from diskwatch.settings import Settings
-from models.bundle import load_bundle
 from tests.integration.workers import Stream, WorkerProcess, read_records
-from training.dumps import DumpFilter
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.features import FeatureSpec
-from stream.windowstate import WindowState
+from diskwatch.models.features import FeatureSpec
+from diskwatch.stream.windowstate import WindowState
 
 pytestmark = pytest.mark.integration
 

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import redis
 
-from diskwatch.records import TelemetryRecord
-from models.alerting import severity
-from models.bundle import load_bundle, read_manifest
-from models.features import FeatureSpec
-from models.inference import Scores
-from stream.windowstate import DriveState, spec_fingerprint, window_key
+from diskwatch.core.records import TelemetryRecord
+from diskwatch.models.alerting import severity
+from diskwatch.models.bundle import load_bundle, read_manifest
+from diskwatch.models.features import FeatureSpec
+from diskwatch.models.inference import Scores
+from diskwatch.stream.windowstate import DriveState, spec_fingerprint, window_key
+from diskwatch.training.evaluate import score_dump
 from tests.integration.workers import Stream, WorkerProcess, http_get, read_records
-from training.evaluate import score_dump
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -432,9 +432,9 @@ def test_real_failing_drive_alerts_before_failure(
     kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, backblaze_dir: Path, tmp_path: Path,
 ) -> None:
     """A bundle trained on the real sample flags a real failing drive's history before it dies."""
-    from models.windows import WindowConfig
-    from training.fit import TrainConfig, train
-    from training.windowstore import WindowStore, build_store
+    from diskwatch.models.windows import WindowConfig
+    from diskwatch.training.fit import TrainConfig, train
+    from diskwatch.training.windowstore import WindowStore, build_store
 
     source = backblaze_dir / "daily_2013"
     store = WindowStore(build_store(source, tmp_path / "store", config=WindowConfig(window=7, horizon=5),

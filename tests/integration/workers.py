@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from diskwatch.records import TelemetryRecord
+from diskwatch.core.records import TelemetryRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,10 @@
-"""Layering rules: the online path (``stream``) never loads training code."""
+"""Layering rules, checked on the source (static imports) and at run time.
+
+Layers, bottom to top, each a folder installed under the ``diskwatch`` namespace:
+``core`` < ``models`` < ``stream`` | ``training`` < the shell (``diskwatch/``).
+A layer imports only layers below it; ``stream`` and ``training`` never import each other;
+nothing imports the shell. Every first-party import uses the ``diskwatch.`` namespace.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +20,42 @@ from diskwatch.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 
-# package -> top-level packages it must not import
-FORBIDDEN = {"stream": ("training",), "models": ("training", "stream")}
+# folder -> installed package name
+LAYER_PACKAGE = {
+    "core": "diskwatch.core",
+    "models": "diskwatch.models",
+    "stream": "diskwatch.stream",
+    "training": "diskwatch.training",
+    "diskwatch": "diskwatch",
+}
+# layer -> the first-party layers it may import (``diskwatch`` alone is the namespace root,
+# which holds only ``__version__``)
+ALLOWED = {
+    "core": {"core"},
+    "models": {"core", "models"},
+    "stream": {"core", "models", "stream"},
+    "training": {"core", "models", "training"},
+    "shell": {"core", "models", "stream", "training", "shell"},
+}
+BARE_TOP_LEVEL = ("models", "stream", "training", "core")
+SHELL_MODULES = ("diskwatch.cli", "diskwatch.demo", "diskwatch.replay", "diskwatch.alerts", "diskwatch.smoke")
+
+
+def layer_of(name: str) -> str | None:
+    """The layer of a dotted first-party module name (None: not first-party, or the bare root)."""
+    parts = name.split(".")
+    if parts[0] != "diskwatch" or len(parts) == 1 or parts[1] == "__version__":
+        return None
+    return parts[1] if parts[1] in {"core", "models", "stream", "training"} else "shell"
 
 
 def module_name(path: Path) -> tuple[str, bool]:
-    """Dotted module name of a file under the repo, and whether it is a package ``__init__``."""
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    """Installed dotted name of a file under the repo, and whether it is a package ``__init__``."""
+    folder, *parts = path.relative_to(REPO).with_suffix("").parts
     is_package = parts[-1] == "__init__"
     if is_package:
         parts = parts[:-1]
-    return ".".join(parts), is_package
+    return ".".join([LAYER_PACKAGE[folder], *parts]), is_package
 
 
 def imported_modules(source: str, module: str, *, is_package: bool = False) -> set[str]:
@@ -80,33 +111,91 @@ def test_import_collector_sees_every_form() -> None:
     assert _is_under("training.late", "training")
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_static_imports(package: str) -> None:
-    files = sorted((REPO / package).rglob("*.py"))
-    assert files, f"no Python files under {package}/"
-    offenders = set()
+def _imports_under(folder: str) -> list[tuple[str, str, str]]:
+    """(file, importing module, imported name) for every import in ``folder``."""
+    files = sorted((REPO / folder).rglob("*.py"))
+    assert files, f"no Python files under {folder}/"
+    found = []
     for path in files:
         module, is_package = module_name(path)
         for name in imported_modules(path.read_text(encoding="utf-8"), module, is_package=is_package):
-            offenders.update(
-                f"{path.relative_to(REPO)} imports {name}"
-                for top in FORBIDDEN[package]
-                if _is_under(name, top)
-            )
-    assert not offenders, sorted(offenders)
+            found.append((str(path.relative_to(REPO)), module, name))
+    return found
 
 
-def test_stream_never_loads_training_at_runtime() -> None:
+def test_layer_of() -> None:
+    assert layer_of("diskwatch.core.records") == "core"
+    assert layer_of("diskwatch.stream") == "stream"
+    assert layer_of("diskwatch.cli") == "shell"
+    assert layer_of("diskwatch.replay.x") == "shell"
+    assert layer_of("diskwatch") is None
+    assert layer_of("diskwatch.__version__") is None
+    assert layer_of("numpy") is None
+
+
+@pytest.mark.parametrize("folder", sorted(LAYER_PACKAGE))
+def test_layers_only_point_down(folder: str) -> None:
+    offenders = []
+    for path, module, name in _imports_under(folder):
+        own, target = layer_of(module) or "shell", layer_of(name)
+        if target is not None and target not in ALLOWED[own]:
+            offenders.append(f"{path} ({own}) imports {name} ({target})")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("folder", [*sorted(LAYER_PACKAGE), "tests"])
+def test_first_party_imports_use_the_namespace(folder: str) -> None:
+    if folder == "tests":
+        found = [(str(p.relative_to(REPO)), "", n) for p in sorted((REPO / "tests").rglob("*.py"))
+                 for n in imported_modules(p.read_text(encoding="utf-8"), "tests.x")]
+    else:
+        found = _imports_under(folder)
+    bare = [f"{path} imports {name}" for path, _, name in found if name.split(".")[0] in BARE_TOP_LEVEL]
+    assert not bare, bare
+
+
+def test_lower_layers_never_load_training_or_the_shell_at_runtime() -> None:
     code = (
-        "import stream, pkgutil, importlib, sys; "
-        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(stream.__path__, 'stream.')]; "
-        "bad = sorted(k for k in sys.modules if k == 'training' or k.startswith('training.')); "
-        "assert not bad, bad"
+        "import importlib, pkgutil, sys\n"
+        "import diskwatch.core as c, diskwatch.models as m, diskwatch.stream as s\n"
+        "for pkg in (c, m, s):\n"
+        "    [importlib.import_module(i.name) for i in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.')]\n"
+        f"bad = sorted(k for k in sys.modules if k.startswith(('diskwatch.training', *{SHELL_MODULES!r})))\n"
+        "assert not bad, bad\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_installed_package_has_no_generic_top_level_names(tmp_path: Path) -> None:
+    """``pip install .`` puts only ``diskwatch`` on the path: ``import models`` must fail."""
+    site = tmp_path / "site"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(REPO)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    tops = sorted(p.name for p in site.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin")
+    assert tops == ["diskwatch"], tops
+    for sub in ("core", "models", "stream", "training"):
+        assert (site / "diskwatch" / sub / "__init__.py").is_file(), sub
+    probe = (
+        "import importlib.util, sys\n"
+        f"sys.path[:] = [{str(site)!r}] + [p for p in sys.path if 'site-packages' in p]\n"
+        "assert importlib.util.find_spec('diskwatch.stream.runner') is not None\n"
+        "for name in ('models', 'training', 'stream', 'core'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "    except ImportError:\n"
+        "        continue\n"
+        "    sys.exit(f'import {name} succeeded')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr + result.stdout
 
 
 def test_cli_import_stays_light() -> None:

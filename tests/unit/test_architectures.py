@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from models.architectures import (
+from diskwatch.models.architectures import (
     KIND_ROLES,
     KINDS,
     build,

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.architectures import build
-from models.bundle import Thresholds, save_bundle
-from models.features import FeatureSpec, ScalerStats
-from models.windows import WindowConfig
+from diskwatch.models.architectures import build
+from diskwatch.models.bundle import Thresholds, save_bundle
+from diskwatch.models.features import FeatureSpec, ScalerStats
+from diskwatch.models.windows import WindowConfig
 
 SCORE = """
 import json, sys, numpy as np, keras
-from models.bundle import load_bundle
+from diskwatch.models.bundle import load_bundle
 b = load_bundle(sys.argv[1])
 x = np.random.default_rng(0).random((37, b.window.window, b.spec.n_features), dtype=np.float32)
 s = b.scorer().score(x)

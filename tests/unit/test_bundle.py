@@ -9,12 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.alerting import combined_score, fires, life_expectancy, severity, top_reasons
-from models.architectures import build
-from models.bundle import BundleError, Thresholds, load_bundle, read_manifest, save_bundle, update_metrics
-from models.features import FeatureSpec, ScalerStats
-from models.inference import Scores
-from models.windows import WindowConfig
+from diskwatch.models.alerting import combined_score, fires, life_expectancy, severity, top_reasons
+from diskwatch.models.architectures import build
+from diskwatch.models.bundle import (
+    BundleError,
+    Thresholds,
+    load_bundle,
+    read_manifest,
+    save_bundle,
+    update_metrics,
+)
+from diskwatch.models.features import FeatureSpec, ScalerStats
+from diskwatch.models.inference import Scores
+from diskwatch.models.windows import WindowConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from diskwatch.settings import Settings
+from diskwatch.core.settings import Settings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML parses the deploy manifests (add pyyaml to the dev extra)")
 
@@ -73,7 +73,7 @@ def exposed_metric_names() -> set[str]:
     """Every sample name stream/metrics.py exposes (with the _total/_bucket/... suffixes)."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from stream import metrics
+    from diskwatch.stream import metrics
 
     names: set[str] = set()
     for obj in vars(metrics).values():
@@ -310,7 +310,7 @@ def test_dockerfile(path: Path) -> None:
 
 def test_web_bind_variable_reaches_faust(monkeypatch: pytest.MonkeyPatch) -> None:
     """The images and the Deployment set WEB_BIND/APP_DATADIR; faust must honour them over create_app."""
-    from stream.app import create_app
+    from diskwatch.stream.app import create_app
 
     monkeypatch.setenv("WEB_BIND", "0.0.0.0")
     monkeypatch.setenv("APP_DATADIR", "/tmp/faust-data")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from diskwatch.settings import Settings
-from models.bundle import load_bundle, save_bundle
-from stream.app import Worker, _stamp
+from diskwatch.core.settings import Settings
+from diskwatch.models.bundle import load_bundle, save_bundle
+from diskwatch.stream.app import Worker, _stamp
 from tests.unit.test_bundle import THRESHOLDS, WINDOW, bundle_dir, fitted_spec  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 def retrained(tmp_path: Path) -> Path:
     """Another bundle with the same features (new weights, so a new version)."""
-    from models.architectures import build
+    from diskwatch.models.architectures import build
 
     out = tmp_path / "retrained"
     models = {"classifier": build("lstm", 5, 3, width=6, depth=1), "autoencoder": build("ae-lstm", 5, 3, width=6, latent=2)}

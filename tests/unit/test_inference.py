@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from models.architectures import build
-from models.inference import Scorer, Scores, _buckets
+from diskwatch.models.architectures import build
+from diskwatch.models.inference import Scorer, Scores, _buckets
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from diskwatch.cli import app
-from diskwatch.records import (
+from diskwatch.core.records import (
     MAX_SMART_RAW,
     Alert,
     AlertReason,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.windows import label as window_label
-from training.metrics import (
+from diskwatch.models.windows import label as window_label
+from diskwatch.training.metrics import (
     average_precision,
     detection_at_far,
     detection_vs_far_curve,
@@ -28,7 +28,7 @@ from training.metrics import (
     threshold_max_f1,
     window_metrics,
 )
-from training.report import write_report
+from diskwatch.training.report import write_report
 
 skm = pytest.importorskip("sklearn.metrics")
 

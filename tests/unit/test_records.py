@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diskwatch.records import (
+from diskwatch.core.records import (
     MAX_CAPACITY_BYTES,
     MAX_SMART_RAW,
     Alert,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from diskwatch.records import TelemetryRecord
+from diskwatch.core.dumps import iter_days
+from diskwatch.core.records import TelemetryRecord
 from diskwatch.replay import wire_messages
-from training.dumps import iter_days
 
 HEADER = "date,serial_number,model,capacity_bytes,failure,smart_5_raw,smart_5_normalized,smart_9_raw,smart_241_raw"
 ROWS = [

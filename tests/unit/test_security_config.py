@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from diskwatch.settings import Settings, redact_url
+from diskwatch.core.settings import Settings, redact_url
 
 SASL_SECRET = "sasl-S3cret-pw"
 REDIS_SECRET = "redis-S3cret-pw"
@@ -87,7 +87,7 @@ def aiokafka_auth(settings: Settings) -> dict[str, Any]:
     """What the faust consumer/producer hand aiokafka for these settings."""
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-    from stream.app import kafka_credentials
+    from diskwatch.stream.app import kafka_credentials
 
     return dict(credentials_to_aiokafka_auth(kafka_credentials(settings)))
 
@@ -97,7 +97,7 @@ def aiokafka_auth(settings: Settings) -> dict[str, Any]:
 
 
 def test_plaintext() -> None:
-    from stream.app import kafka_credentials
+    from diskwatch.stream.app import kafka_credentials
 
     settings = make(kafka_bootstrap_servers="k1:9092,k2:9092")
     assert settings.kafka_client_options() == {"bootstrap_servers": "k1:9092,k2:9092",
@@ -109,7 +109,7 @@ def test_plaintext() -> None:
 def test_ssl_with_ca_file(ca_file: Path) -> None:
     import faust
 
-    from stream.app import kafka_credentials
+    from diskwatch.stream.app import kafka_credentials
 
     settings = make(kafka_security_protocol="ssl", kafka_ssl_cafile=ca_file)
     assert settings.kafka_security_protocol == "SSL"
@@ -132,7 +132,7 @@ def test_ssl_without_ca_file_uses_the_system_store() -> None:
 
 
 def test_ssl_with_a_missing_ca_file_fails_loudly(tmp_path: Path) -> None:
-    from stream.app import kafka_credentials
+    from diskwatch.stream.app import kafka_credentials
 
     settings = make(kafka_security_protocol="SSL", kafka_ssl_cafile=tmp_path / "absent.crt")
     with pytest.raises(FileNotFoundError):
@@ -147,7 +147,7 @@ def test_ssl_with_a_missing_ca_file_fails_loudly(tmp_path: Path) -> None:
 def test_sasl_plaintext(given: str | None, mechanism: str) -> None:
     import faust
 
-    from stream.app import kafka_credentials
+    from diskwatch.stream.app import kafka_credentials
 
     settings = make(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism=given,
                     kafka_sasl_username="diskwatch", kafka_sasl_password=SASL_SECRET)
@@ -168,7 +168,7 @@ def test_sasl_plaintext(given: str | None, mechanism: str) -> None:
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
 def test_sasl_ssl(ca_file: Path, mechanism: str) -> None:
-    from stream.app import kafka_credentials
+    from diskwatch.stream.app import kafka_credentials
 
     settings = make(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism=mechanism,
                     kafka_sasl_username="diskwatch", kafka_sasl_password=SASL_SECRET, kafka_ssl_cafile=ca_file)
@@ -209,7 +209,7 @@ def test_unknown_protocol_is_rejected() -> None:
 def test_rediss_url_with_credentials(ca_file: Path) -> None:
     from redis.asyncio.connection import SSLConnection
 
-    from stream.app import redis_client
+    from diskwatch.stream.app import redis_client
 
     url = f"rediss://diskwatch:{REDIS_SECRET}@redis.invalid:6380/2?ssl_cert_reqs=required&ssl_ca_certs={ca_file}"
     settings = make(redis_url=url)
@@ -226,7 +226,7 @@ def test_rediss_url_with_credentials(ca_file: Path) -> None:
 def test_redis_url_with_password_only() -> None:
     from redis.asyncio.connection import SSLConnection
 
-    from stream.app import redis_client
+    from diskwatch.stream.app import redis_client
 
     client = redis_client(make(redis_url=f"redis://:{REDIS_SECRET}@redis.invalid:6379/0"))
     kwargs = client.connection_pool.connection_kwargs
@@ -238,7 +238,7 @@ def test_rediss_cluster_client() -> None:
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.connection import SSLConnection
 
-    from stream.app import redis_client
+    from diskwatch.stream.app import redis_client
 
     client = redis_client(make(redis_url=f"rediss://diskwatch:{REDIS_SECRET}@redis.invalid:6380/0",
                                redis_cluster=True))
@@ -284,8 +284,8 @@ def test_worker_startup_log_has_no_secrets(monkeypatch: pytest.MonkeyPatch, capl
     """run_worker's start-up lines (topics created, where it connects) without Kafka or faust."""
     import faust
 
-    import stream.app
-    from stream import runner
+    from diskwatch.stream import app as stream_app
+    from diskwatch.stream import runner
 
     async def fake_ensure_topics(settings: Settings) -> list[str]:
         return [settings.topic_telemetry]
@@ -298,7 +298,7 @@ def test_worker_startup_log_has_no_secrets(monkeypatch: pytest.MonkeyPatch, capl
             logging.getLogger("diskwatch").info("fake worker ran")
 
     monkeypatch.setattr(runner, "ensure_topics", fake_ensure_topics)
-    monkeypatch.setattr(stream.app, "create_app", lambda settings, bundle, **kw: (object(), None))
+    monkeypatch.setattr(stream_app, "create_app", lambda settings, bundle, **kw: (object(), None))
     monkeypatch.setattr(faust, "Worker", FakeWorker)
     settings = secret_settings()
     with caplog.at_level(logging.DEBUG):
@@ -353,7 +353,7 @@ def _handshake(client: ssl.SSLContext, server: ssl.SSLContext, hostname: str) ->
 
 
 def test_kafka_mutual_tls_presents_the_client_certificate(tmp_path: Path) -> None:
-    from stream.app import kafka_credentials
+    from diskwatch.stream.app import kafka_credentials
 
     broker_cert, broker_key = _self_signed(tmp_path, "broker.test")
     client_cert, client_key = _self_signed(tmp_path, "diskwatch-client", password="k3y-pw")

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.features import FeatureSpec
-from models.windows import WindowConfig, assemble_window, day_number, label
-from training.dumps import DumpFilter, ReadStats, find_days, iter_days
-from training.sequences import SequenceBuilder
-from training.splits import assign_splits, time_mask
-from training.windowstore import WindowStore, build_store
+from diskwatch.core.dumps import DumpFilter, ReadStats, find_days, iter_days
+from diskwatch.models.features import FeatureSpec
+from diskwatch.models.windows import WindowConfig, assemble_window, day_number, label
+from diskwatch.training.sequences import SequenceBuilder
+from diskwatch.training.splits import assign_splits, time_mask
+from diskwatch.training.windowstore import WindowStore, build_store
 
 D0 = dt.date(2024, 1, 1)
 SPEC = FeatureSpec.from_names(["smart_5_raw", "smart_9_raw", "smart_187_raw"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from diskwatch.settings import Settings, redact_url
+from diskwatch.core.settings import Settings, redact_url
 
 SECRET_URL = "redis://user:s3cret@host:6379/0"
 SASL_SECRET = "sasl-Pa55word"

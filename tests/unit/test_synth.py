@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.synth import (
+from diskwatch.training.synth import (
     COLUMNS,
     META_COLUMNS,
     SMART_IDS,
@@ -251,7 +251,7 @@ def test_fleet_json_counts_match_files(fleet_dir: Path, rows: pd.DataFrame, trut
 
 
 def test_reader_accepts_the_output(fleet_dir: Path) -> None:
-    dumps = pytest.importorskip("training.dumps")
+    dumps = pytest.importorskip("diskwatch.core.dumps")
     stats = dumps.ReadStats()
     days = list(dumps.iter_days(fleet_dir, ["smart_5_raw", "smart_9_raw"], stats=stats))
     assert len(days) == SMALL.days
@@ -269,7 +269,7 @@ def test_config_validation() -> None:
 
 def test_default_boost_gives_tens_of_failures() -> None:
     """Document the default: 2000 drives x 90 days, default seed → some tens of failures."""
-    from training.synth import plan_fleet
+    from diskwatch.training.synth import plan_fleet
 
     plan = plan_fleet(FleetConfig(drives=2000, days=90))
     failures = int((plan.fail_day >= 0).sum())

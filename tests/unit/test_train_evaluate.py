@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from diskwatch.cli import app
-from diskwatch.records import TelemetryRecord
-from models.bundle import load_bundle
-from models.features import FeatureSpec
-from training.dumps import iter_days
-from training.synth import FleetConfig, write_fleet
+from diskwatch.core.dumps import iter_days
+from diskwatch.core.records import TelemetryRecord
+from diskwatch.models.bundle import load_bundle
+from diskwatch.models.features import FeatureSpec
+from diskwatch.training.synth import FleetConfig, write_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

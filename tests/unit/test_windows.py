@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.windows import WindowConfig, assemble_window, from_day_number, windows_ending_at
+from diskwatch.models.windows import WindowConfig, assemble_window, from_day_number, windows_ending_at
 
 
 @settings(max_examples=150, deadline=None)

@@ -9,10 +9,10 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskwatch.records import InvalidRecord, TelemetryRecord
-from diskwatch.wire import decode_batch
-from models.features import FeatureSpec
-from models.windows import day_number
+from diskwatch.core.records import InvalidRecord, TelemetryRecord
+from diskwatch.core.wire import decode_batch
+from diskwatch.models.features import FeatureSpec
+from diskwatch.models.windows import day_number
 from tests.unit.test_records import FAST, REJECTIONS, recordish, records, wire
 
 COLUMNS = [*FeatureSpec().wire_columns, (5, "normalized"), (231, "raw")]

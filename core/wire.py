@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from diskwatch.records import (
+from diskwatch.core.records import (
     MAX_CAPACITY_BYTES,
     MAX_SERIAL_LEN,
     MAX_SMART_RAW,
