@@ -430,6 +430,48 @@ def demo(
     run_demo(Settings(), data=data, drives=drives, days=days, seed=seed, epochs=epochs, speed=speed)
 
 
+@app.command()
+def collect(
+    smartctl_json: list[str] = typer.Option(
+        [], "--smartctl-json", help="Saved smartctl --json output: file, folder of *.json, or - for stdin (repeatable)."
+    ),
+    print_: bool = typer.Option(False, "--print", help="Write wire JSON lines to stdout instead of producing to Kafka."),
+    key_separator: str | None = typer.Option(
+        None, "--key-separator", help="With --print: write SERIAL<sep>JSON lines (for kcat -K<sep>)."
+    ),
+    date: str | None = typer.Option(None, "--date", help="Record date (default: smartctl's local_time, UTC)."),
+    host: str | None = typer.Option(None, "--host", help="Host name kept in each record's extra (default: this host)."),
+    topic: str | None = typer.Option(None, "--topic", help="Target topic (default: settings' telemetry topic)."),
+    devices: list[str] = typer.Option([], "--device", help="Read this device instead of scanning (repeatable)."),
+    smartctl: str = typer.Option("smartctl", "--smartctl", help="smartctl binary (needs root or CAP_SYS_RAWIO)."),
+) -> None:
+    """Read SMART with smartmontools (or saved smartctl JSON) and feed the telemetry topic.
+
+    Exit status 1 when any device gave no record (each is reported on stderr).
+    """
+    import asyncio
+    import socket
+    import sys
+
+    from diskwatch import collect as run
+    from diskwatch.core.settings import Settings
+
+    outputs = run.read_saved(smartctl_json) if smartctl_json else run.scan_and_read(smartctl, devices)
+    hostname = host if host is not None else (None if smartctl_json else socket.gethostname())
+    result = run.convert_all(outputs, date=_date(date, "--date"), host=hostname)
+    records = [record for _, record in result.records]
+    if print_:
+        run.print_records(records, sys.stdout, key_separator)
+    elif records:
+        sent = asyncio.run(run.produce(records, Settings(), topic))
+        console.print(f"produced {sent} records")
+    for line in run.summary_lines(result):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if result.failed:
+        console.print(f"{len(result.failed)} of {len(result.failed) + len(records)} devices gave no record")
+        raise typer.Exit(1)
+
+
 def _print_metrics(metrics: dict) -> None:
     from rich.table import Table
 
