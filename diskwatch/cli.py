@@ -472,6 +472,52 @@ def collect(
         raise typer.Exit(1)
 
 
+@app.command()
+def route(
+    alertmanager: str | None = typer.Option(
+        None, "--alertmanager", help="Alertmanager base URL (default: DISKWATCH_ALERTMANAGER_URL)."
+    ),
+    topic: str | None = typer.Option(None, "--topic", help="Alert topic (default: settings)."),
+    group: str | None = typer.Option(None, "--group", help="Consumer group (default: diskwatch-alertmanager)."),
+    idle_timeout: float | None = typer.Option(None, help="Exit after this many seconds without an alert."),
+) -> None:
+    """Deliver drive alerts from Kafka to Prometheus Alertmanager (v2 API), at least once."""
+    import asyncio
+    import logging
+    import signal
+
+    from pydantic import SecretStr
+
+    from diskwatch.core.settings import Settings
+    from diskwatch.route import AlertmanagerSettings, describe
+    from diskwatch.route import route as run
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = AlertmanagerSettings()
+    updates: dict[str, object] = {}
+    if alertmanager is not None:
+        updates["url"] = SecretStr(alertmanager)
+    if group is not None:
+        updates["consumer_group"] = group
+    try:
+        config = AlertmanagerSettings.model_validate({**config.model_dump(), **updates})
+        config.endpoint()
+    except ValueError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stats = await run(settings, config, topic=topic, stop=stop, idle_timeout=idle_timeout)
+        console.print(f"route: {describe(stats)}")
+
+    asyncio.run(main())
+
+
 def _print_metrics(metrics: dict) -> None:
     from rich.table import Table
 

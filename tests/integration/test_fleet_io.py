@@ -1,0 +1,246 @@
+"""smartctl JSON in, Alertmanager out — against the real programs.
+
+`diskwatch collect` feeds real smartctl outputs to a real Kafka broker; `diskwatch route`
+delivers alerts from Kafka to a real Prometheus Alertmanager (Debian's
+prometheus-alertmanager, started by deploy/local/alertmanager on loopback), including
+while it is stopped for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import re
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diskwatch.core.records import Alert, AlertReason, Severity, TelemetryRecord
+from diskwatch.core.settings import Settings
+from diskwatch.route import ALERTNAME, AlertmanagerSettings, route
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = REPO_ROOT / "deploy" / "local" / "alertmanager"
+SMARTCTL_DIR = Path(os.environ.get("DISKWATCH_SMARTCTL_DATA", REPO_ROOT.parent / "shared/data/smartctl"))
+
+
+def _script(verb: str) -> str:
+    proc = subprocess.run([str(SCRIPT), verb], capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0 and verb != "status":
+        pytest.fail(f"deploy/local/alertmanager {verb} failed:\n{proc.stdout}{proc.stderr}", pytrace=False)
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def alertmanager() -> Iterator[str]:
+    """Base URL of a ready local Alertmanager; stopped at the end if this module started it."""
+    before = subprocess.run([str(SCRIPT), "status"], capture_output=True, check=False).returncode == 0
+    _script("up")
+    yield _script("url").strip()
+    if not before:
+        _script("down")
+
+
+def am_alerts(base: str, run: str) -> list[dict[str, Any]]:
+    """Active alerts of this test run, from Alertmanager's own API."""
+    query = urllib.request.quote(f'run="{run}"')
+    with urllib.request.urlopen(f"{base}/api/v2/alerts?filter={query}", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def make_alert(serial: str, severity: Severity = Severity.WARNING) -> Alert:
+    day = dt.date(2024, 3, 1)
+    return Alert(
+        idempotency_key=Alert.make_key(serial, day, "b1"), serial_number=serial, model="ST4000DM000", date=day,
+        window_start=day - dt.timedelta(days=13), window_end=day, severity=severity, failure_probability=0.91,
+        anomaly_score=0.25, classifier_threshold=0.5, anomaly_threshold=0.1, horizon_days=7,
+        reasons=[AlertReason(attribute=5, feature="smart_5_raw", raw_value=24.0, error_share=0.6)],
+        bundle_version="b1", created_at=dt.datetime.now(dt.UTC),
+    )
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value=value)
+    finally:
+        await producer.stop()
+
+
+async def consume(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(out) < expect and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            out += [m for ms in batch.values() for m in ms]
+    finally:
+        await consumer.stop()
+    return out
+
+
+def config_for(base: str, run: str, **extra: Any) -> AlertmanagerSettings:
+    return AlertmanagerSettings(url=base, consumer_group=f"route-{run}", labels={"run": run}, **extra)
+
+
+async def wait_for(predicate: Any, timeout: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.25)
+
+
+# --------------------------------------------------------------------------------------------
+# in: collect
+
+
+@pytest.mark.skipif(not SMARTCTL_DIR.is_dir(), reason=f"real smartctl outputs not found at {SMARTCTL_DIR}")
+def test_collect_print_writes_wire_lines_and_reports_skips(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/diskwatch"), "collect", "--smartctl-json", str(SMARTCTL_DIR), "--print",
+         "--key-separator", "\t"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 1  # 5 of the 148 outputs give no record (4 redacted serials, 1 unreadable)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 143
+    for line in lines:
+        key, _, value = line.partition("\t")
+        record = TelemetryRecord.from_json(value)
+        assert record.serial_number == key and record.extra["device_type"] in ("ata", "nvme", "scsi")
+    assert len(re.findall(r"^ok ", proc.stderr, re.M)) == 143
+    assert len(re.findall(r"^error .*no_serial", proc.stderr, re.M)) == 4
+    assert "5 of 148 devices gave no record" in proc.stderr
+
+
+def test_collect_runs_the_real_smartctl(tmp_path: Path) -> None:
+    """smartmontools itself: a device that cannot be opened is a per-device error and exit 1."""
+    subprocess.run([str(REPO_ROOT / "scripts/ensure-debian-packages"), "smartctl=smartmontools"], check=True)
+    proc = subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/diskwatch"), "collect", "--print", "--device", str(tmp_path / "no-such-disk")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert re.search(r"error .*no-such-disk: smartctl_failed: exit status \d+", proc.stderr)
+
+
+@pytest.mark.skipif(not SMARTCTL_DIR.is_dir(), reason=f"real smartctl outputs not found at {SMARTCTL_DIR}")
+def test_collect_produces_keyed_records(kafka_bootstrap: str, unique_topic: str) -> None:
+    env = {**os.environ, "DISKWATCH_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    files = sorted(SMARTCTL_DIR.glob("sat-Seagate_Exos*.json")) + sorted(SMARTCTL_DIR.glob("nvme-null-Micron_7300*"))
+    args = [a for f in files for a in ("--smartctl-json", str(f))]
+    proc = subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/diskwatch"), "collect", *args, "--topic", unique_topic, "--date", "2024-05-01"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    messages = asyncio.run(consume(kafka_bootstrap, unique_topic, expect=len(files)))
+    assert len(messages) == len(files)
+    for message in messages:
+        record = TelemetryRecord.from_json(message.value)
+        assert message.key == record.serial_number.encode() and record.date == dt.date(2024, 5, 1)
+    serials = {json.loads(f.read_text())["serial_number"] for f in files}
+    assert {m.key.decode() for m in messages} == serials
+
+
+# --------------------------------------------------------------------------------------------
+# out: route → Alertmanager
+
+
+def test_alerts_reach_alertmanager_and_malformed_ones_are_skipped(
+    alertmanager: str, kafka_bootstrap: str, unique_topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = uuid.uuid4().hex[:10]
+    alerts = [make_alert(f"S{run}-{i}", Severity.CRITICAL if i == 0 else Severity.WARNING) for i in range(3)]
+    values = [alerts[0].to_json(), b"{not json", b'{"serial_number": "x"}', alerts[1].to_json(), alerts[2].to_json()]
+    asyncio.run(produce(kafka_bootstrap, unique_topic, values))
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap)
+    with caplog.at_level(logging.WARNING, logger="diskwatch.route"):
+        stats = asyncio.run(route(settings, config_for(alertmanager, run), topic=unique_topic, idle_timeout=3))
+    assert stats.delivered == 3 and stats.malformed == 2 and stats.rejected == 0
+    assert sum("not a valid Alert" in r.getMessage() for r in caplog.records) == 2
+    got = {a["labels"]["serial"]: a for a in am_alerts(alertmanager, run)}
+    assert set(got) == {a.serial_number for a in alerts}
+    for alert in alerts:
+        am = got[alert.serial_number]
+        assert am["labels"] == {
+            "alertname": ALERTNAME, "serial": alert.serial_number, "model": "ST4000DM000",
+            "severity": alert.severity.value, "run": run,
+        }
+        assert am["annotations"]["failure_probability"] == "0.9100"
+        assert am["annotations"]["reasons"] == "smart_5_raw=24 (60%)"
+        assert am["status"]["state"] == "active"
+        ends = dt.datetime.fromisoformat(am["endsAt"].replace("Z", "+00:00"))
+        assert dt.timedelta(days=6) < ends - alert.created_at <= dt.timedelta(days=7, seconds=1)
+    # Offsets were committed: the same group finds nothing new.
+    again = asyncio.run(route(settings, config_for(alertmanager, run), topic=unique_topic, idle_timeout=2))
+    assert again.delivered == 0 and again.malformed == 0
+
+
+def test_nothing_is_lost_while_alertmanager_is_down(
+    alertmanager: str, kafka_bootstrap: str, unique_topic: str
+) -> None:
+    run = uuid.uuid4().hex[:10]
+    alerts = [make_alert(f"D{run}-{i}") for i in range(4)]
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap)
+
+    async def scenario() -> Any:
+        _script("down")
+        stop = asyncio.Event()
+        task = asyncio.create_task(route(settings, config_for(alertmanager, run), topic=unique_topic, stop=stop))
+        await produce(kafka_bootstrap, unique_topic, [a.to_json() for a in alerts[:2]])
+        await asyncio.sleep(3)  # the router keeps retrying while Alertmanager is away
+        await produce(kafka_bootstrap, unique_topic, [a.to_json() for a in alerts[2:]])
+        assert not task.done()
+        await asyncio.to_thread(_script, "up")
+        await wait_for(lambda: len(am_alerts(alertmanager, run)) == len(alerts))
+        stop.set()
+        return await task
+
+    stats = asyncio.run(scenario())
+    assert stats.retries > 0 and stats.delivered == len(alerts)
+    assert {a["labels"]["serial"] for a in am_alerts(alertmanager, run)} == {a.serial_number for a in alerts}
+
+
+def test_active_alerts_are_resent_after_an_alertmanager_restart(
+    alertmanager: str, kafka_bootstrap: str, unique_topic: str
+) -> None:
+    """Alertmanager keeps alerts in memory only; the router re-sends what is still active."""
+    run = uuid.uuid4().hex[:10]
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap)
+    config = config_for(alertmanager, run, resend_interval_s=1.0)
+
+    async def scenario() -> Any:
+        await produce(kafka_bootstrap, unique_topic, [make_alert(f"R{run}").to_json()])
+        stop = asyncio.Event()
+        task = asyncio.create_task(route(settings, config, topic=unique_topic, stop=stop))
+        await wait_for(lambda: len(am_alerts(alertmanager, run)) == 1)
+        await asyncio.to_thread(_script, "down")
+        await asyncio.to_thread(_script, "up")
+        await wait_for(lambda: len(am_alerts(alertmanager, run)) == 1, timeout=30)
+        stop.set()
+        return await task
+
+    stats = asyncio.run(scenario())
+    assert stats.delivered == 1 and stats.resent >= 1
