@@ -164,6 +164,21 @@ def test_collect_produces_keyed_records(kafka_bootstrap: str, unique_topic: str)
     assert {m.key.decode() for m in messages} == serials
 
 
+@pytest.mark.skipif(not SMARTCTL_DIR.is_dir(), reason=f"real smartctl outputs not found at {SMARTCTL_DIR}")
+def test_collect_print_pipes_into_kcat(kafka_bootstrap: str, unique_topic: str) -> None:
+    """The README's pipeline: collect --print | kcat -P -K<tab> feeds the topic keyed by serial."""
+    subprocess.run([str(REPO_ROOT / "scripts/ensure-debian-packages"), "kcat=kcat"], check=True, timeout=900)
+    diskwatch = REPO_ROOT / ".venv/bin/diskwatch"
+    pipeline = (f"{diskwatch} collect --smartctl-json {SMARTCTL_DIR} --print --key-separator $'\\t' 2>/dev/null"
+                f" | kcat -P -b {kafka_bootstrap} -t {unique_topic} -K $'\\t'")
+    proc = subprocess.run(["bash", "-c", pipeline], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    messages = asyncio.run(consume(kafka_bootstrap, unique_topic, expect=143))
+    assert len(messages) == 143
+    for message in messages:
+        assert TelemetryRecord.from_json(message.value).serial_number.encode() == message.key
+
+
 # --------------------------------------------------------------------------------------------
 # out: route → Alertmanager
 
