@@ -17,11 +17,13 @@ restart is healed within one interval while the router runs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import json
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import Mapping
@@ -38,6 +40,7 @@ from diskwatch.core.settings import Settings, redact_url
 
 log = logging.getLogger("diskwatch.route")
 ALERTNAME = "DriveFailurePredicted"
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 class AlertmanagerSettings(BaseSettings):
@@ -73,6 +76,14 @@ class AlertmanagerSettings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not _LABEL_NAME.match(name)]
+        if bad:  # Alertmanager would refuse every alert
+            raise ValueError(f"invalid label name(s) {bad}: use [a-zA-Z_][a-zA-Z0-9_]*")
+        return value
+
     def endpoint(self) -> str:
         if self.url is None:
             raise ValueError("no Alertmanager URL: pass --alertmanager or set DISKWATCH_ALERTMANAGER_URL")
@@ -82,14 +93,14 @@ class AlertmanagerSettings(BaseSettings):
         return redact_url(self.url.get_secret_value()) if self.url else "(unset)"
 
     def headers(self) -> dict[str, str]:
+        """Authorization: the bearer token, else basic auth, else none."""
         if self.bearer_token is not None:
             return {"Authorization": f"Bearer {self.bearer_token.get_secret_value()}"}
+        if self.username is not None:
+            password = self.password.get_secret_value() if self.password else ""
+            token = base64.b64encode(f"{self.username}:{password}".encode()).decode("ascii")
+            return {"Authorization": f"Basic {token}"}
         return {}
-
-    def auth(self) -> aiohttp.BasicAuth | None:
-        if self.username is None or self.bearer_token is not None:
-            return None
-        return aiohttp.BasicAuth(self.username, self.password.get_secret_value() if self.password else "")
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if self.tls_insecure_skip_verify:
@@ -173,7 +184,7 @@ class AlertmanagerClient:
     async def __aenter__(self) -> AlertmanagerClient:
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-            headers=self.config.headers(), auth=self.config.auth(),
+            headers=self.config.headers(),
         )
         return self
 
