@@ -9,12 +9,15 @@ while it is stopped for a while.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import logging
 import os
 import re
 import subprocess
+import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -268,3 +271,82 @@ def test_active_alerts_are_resent_after_an_alertmanager_restart(
 
     stats = asyncio.run(scenario())
     assert stats.delivered == 1 and stats.resent >= 1
+
+
+@pytest.fixture
+def alertmanager_with_basic_auth(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A second real Alertmanager that demands basic auth (web config, bcrypt hash); (url, password)."""
+    ensure("prometheus-alertmanager=prometheus-alertmanager")
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+        hashed = crypt.crypt("s3cret-pw", crypt.mksalt(crypt.METHOD_BLOWFISH))
+    except (ImportError, AttributeError, OSError):
+        pytest.skip("no bcrypt implementation (crypt module) to write Alertmanager's basic-auth config")
+    if not hashed or not hashed.startswith("$2"):
+        pytest.skip("this libc's crypt() has no bcrypt")
+    port = int(os.environ.get("DISKWATCH_ALERTMANAGER_PORT", "9193")) + 1
+    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  diskwatch: '{hashed}'\n")
+    (tmp_path / "am.yml").write_text("route: {receiver: nobody}\nreceivers: [{name: nobody}]\n")
+    log = open(tmp_path / "am.log", "w")  # noqa: SIM115 (closed in finally)
+    proc = subprocess.Popen(
+        ["prometheus-alertmanager", f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", f"--web.config.file={tmp_path / 'web.yml'}",
+         "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = 100
+        while deadline:
+            try:
+                urllib.request.urlopen(f"{url}/-/ready", timeout=1)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # up, and asking for credentials
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "am.log").read_text()
+            deadline -= 1
+            time.sleep(0.2)
+        assert deadline, "Alertmanager with basic auth did not start"
+        yield url, "s3cret-pw"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_basic_auth_against_a_real_alertmanager(
+    alertmanager_with_basic_auth: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Wrong credentials are retried (nothing is lost, the password never logged); right ones deliver."""
+    from diskwatch.route import AlertmanagerClient, RouteStats, to_alertmanager
+
+    url, password = alertmanager_with_basic_auth
+    run = uuid.uuid4().hex[:10]
+    payload = to_alertmanager(make_alert(f"B{run}"), labels={"run": run})
+
+    async def deliver(config: AlertmanagerSettings, give_up_after: float) -> tuple[bool, RouteStats]:
+        stop, stats = asyncio.Event(), RouteStats()
+        asyncio.get_running_loop().call_later(give_up_after, stop.set)
+        async with AlertmanagerClient(config, stats, stop) as client:
+            return await client.deliver([payload]), stats
+
+    wrong = AlertmanagerSettings(url=url, username="diskwatch", password="wrong-pw")
+    with caplog.at_level(logging.WARNING, logger="diskwatch.route"):
+        done, stats = asyncio.run(deliver(wrong, 1.5))
+    assert not done and stats.retries >= 1 and stats.delivered == 0
+    assert any("HTTP 401" in r.getMessage() for r in caplog.records)
+    assert not any("wrong-pw" in r.getMessage() for r in caplog.records)
+    right = AlertmanagerSettings(url=url, username="diskwatch", password=password)
+    done, stats = asyncio.run(deliver(right, 30))
+    assert done and stats.delivered == 1
+    request = urllib.request.Request(f"{url}/api/v2/alerts?filter=" + urllib.request.quote(f'run="{run}"'))
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"diskwatch:{password}".encode()).decode())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        (got,) = json.loads(response.read())
+    assert got["labels"]["serial"] == f"B{run}"
