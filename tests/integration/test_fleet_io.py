@@ -225,6 +225,23 @@ def test_alerts_reach_alertmanager_and_malformed_ones_are_skipped(
     assert again.delivered == 0 and again.malformed == 0
 
 
+def test_route_command(alertmanager: str, kafka_bootstrap: str, unique_topic: str) -> None:
+    """`diskwatch route` as an operator runs it: flags, DISKWATCH_* settings, a summary at exit."""
+    run = uuid.uuid4().hex[:10]
+    asyncio.run(produce(kafka_bootstrap, unique_topic, [make_alert(f"C{run}").to_json(), b"[]"]))
+    env = {**os.environ, "DISKWATCH_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "DISKWATCH_ALERTMANAGER_LABELS": json.dumps({"run": run, "host": "node7"})}
+    proc = subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/diskwatch"), "route", "--alertmanager", alertmanager, "--topic", unique_topic,
+         "--group", f"cli-{run}", "--idle-timeout", "3"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"delivered": 1' in proc.stderr and '"malformed": 1' in proc.stderr
+    (got,) = am_alerts(alertmanager, run)
+    assert got["labels"]["serial"] == f"C{run}" and got["labels"]["host"] == "node7"
+
+
 def test_nothing_is_lost_while_alertmanager_is_down(
     alertmanager: str, kafka_bootstrap: str, unique_topic: str
 ) -> None:
