@@ -463,7 +463,14 @@ def collect(
     if print_:
         run.print_records(records, sys.stdout, key_separator)
     elif records:
-        sent = asyncio.run(run.produce(records, Settings(), topic))
+        from aiokafka.errors import KafkaError
+
+        settings = Settings()
+        try:
+            sent = asyncio.run(run.produce(records, settings, topic))
+        except (KafkaError, OSError) as exc:
+            console.print(f"[red]error[/]: could not produce to Kafka at {settings.kafka_bootstrap_servers}: {exc}")
+            raise typer.Exit(2) from None
         console.print(f"produced {sent} records")
     for line in run.summary_lines(result):
         console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -149,8 +149,8 @@ async def produce(records: list[TelemetryRecord], settings: Settings, topic: str
         **settings.kafka_client_options(), acks="all", linger_ms=20, compression_type="lz4",
         enable_idempotence=True,
     )
-    await producer.start()
     try:
+        await producer.start()
         futures = [
             await producer.send(topic or settings.topic_telemetry, value=r.to_json(), key=r.serial_number.encode())
             for r in records

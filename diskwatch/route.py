@@ -249,6 +249,7 @@ async def route(
 ) -> RouteStats:
     """Consume the alert topic and deliver to Alertmanager until ``stop`` is set (or idle for ``idle_timeout``)."""
     from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import CommitFailedError, IllegalStateError
 
     config.endpoint()  # fail fast without a URL
     stop = stop or asyncio.Event()
@@ -288,7 +289,10 @@ async def route(
                     break  # stopped before Alertmanager took the batch: leave the offsets uncommitted
                 for payload in payloads:
                     active[tuple(sorted(payload["labels"].items()))] = payload
-                await consumer.commit()
+                try:
+                    await consumer.commit()
+                except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions
+                    log.warning("offset commit failed (%s); the new owner re-delivers (Alertmanager dedupes)", exc)
     finally:
         await consumer.stop()
     return stats
@@ -299,11 +303,14 @@ async def _resend(client: AlertmanagerClient, active: dict[tuple[str, ...], dict
     now = _rfc3339(dt.datetime.now(dt.UTC))
     for key in [k for k, p in active.items() if p["endsAt"] <= now]:
         del active[key]
-    if active:
-        before = stats.delivered
-        if await client.deliver(list(active.values())):
-            stats.resent += len(active)
-        stats.delivered = before  # a re-send is not a new delivery
+    payloads = list(active.values())
+    before = stats.delivered
+    for i in range(0, len(payloads), client.config.batch_size):
+        chunk = payloads[i : i + client.config.batch_size]
+        if not await client.deliver(chunk):
+            break
+        stats.resent += len(chunk)
+    stats.delivered = before  # a re-send is not a new delivery
 
 
 def describe(stats: RouteStats) -> str:
