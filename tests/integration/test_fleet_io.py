@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -291,9 +292,9 @@ def test_active_alerts_are_resent_after_an_alertmanager_restart(
 
 
 @pytest.fixture
-def alertmanager_with_basic_auth(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """A second real Alertmanager that demands basic auth (web config, bcrypt hash); (url, password)."""
-    ensure("prometheus-alertmanager=prometheus-alertmanager")
+def secured_alertmanager(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """A second real Alertmanager behind TLS (self-signed) and basic auth; (url, password, CA file)."""
+    ensure("prometheus-alertmanager=prometheus-alertmanager", "openssl=openssl")
     try:
         import warnings
 
@@ -305,8 +306,13 @@ def alertmanager_with_basic_auth(tmp_path: Path) -> Iterator[tuple[str, str]]:
         pytest.skip("no bcrypt implementation (crypt module) to write Alertmanager's basic-auth config")
     if not hashed or not hashed.startswith("$2"):
         pytest.skip("this libc's crypt() has no bcrypt")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   capture_output=True, check=True, timeout=60)
     port = int(os.environ.get("DISKWATCH_ALERTMANAGER_PORT", "9193")) + 1
-    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  diskwatch: '{hashed}'\n")
+    (tmp_path / "web.yml").write_text(
+        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\nbasic_auth_users:\n  diskwatch: '{hashed}'\n")
     (tmp_path / "am.yml").write_text("route: {receiver: nobody}\nreceivers: [{name: nobody}]\n")
     log = open(tmp_path / "am.log", "w")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen(
@@ -315,12 +321,13 @@ def alertmanager_with_basic_auth(tmp_path: Path) -> Iterator[tuple[str, str]]:
          "--cluster.listen-address="],
         stdout=subprocess.DEVNULL, stderr=log,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"https://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(cert))
     try:
         deadline = 100
         while deadline:
             try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1)
+                urllib.request.urlopen(f"{url}/-/ready", timeout=1, context=context)
             except urllib.error.HTTPError as exc:
                 if exc.code == 401:  # up, and asking for credentials
                     break
@@ -329,21 +336,21 @@ def alertmanager_with_basic_auth(tmp_path: Path) -> Iterator[tuple[str, str]]:
             assert proc.poll() is None, (tmp_path / "am.log").read_text()
             deadline -= 1
             time.sleep(0.2)
-        assert deadline, "Alertmanager with basic auth did not start"
-        yield url, "s3cret-pw"
+        assert deadline, "Alertmanager with TLS and basic auth did not start"
+        yield url, "s3cret-pw", cert
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
 
 
-def test_basic_auth_against_a_real_alertmanager(
-    alertmanager_with_basic_auth: tuple[str, str], caplog: pytest.LogCaptureFixture
+def test_tls_and_basic_auth_against_a_real_alertmanager(
+    secured_alertmanager: tuple[str, str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Wrong credentials are retried (nothing is lost, the password never logged); right ones deliver."""
+    """An unknown CA or a wrong password is retried (nothing lost, never logged); the right settings deliver."""
     from diskwatch.route import AlertmanagerClient, RouteStats, to_alertmanager
 
-    url, password = alertmanager_with_basic_auth
+    url, password, ca = secured_alertmanager
     run = uuid.uuid4().hex[:10]
     payload = to_alertmanager(make_alert(f"B{run}"), labels={"run": run})
 
@@ -353,17 +360,22 @@ def test_basic_auth_against_a_real_alertmanager(
         async with AlertmanagerClient(config, stats, stop) as client:
             return await client.deliver([payload]), stats
 
-    wrong = AlertmanagerSettings(url=url, username="diskwatch", password="wrong-pw")
+    untrusted = AlertmanagerSettings(url=url, username="diskwatch", password=password)
+    wrong = AlertmanagerSettings(url=url, username="diskwatch", password="wrong-pw", ca_file=ca)
     with caplog.at_level(logging.WARNING, logger="diskwatch.route"):
+        done, stats = asyncio.run(deliver(untrusted, 1.5))
+        assert not done and stats.retries >= 1 and stats.delivered == 0
+        assert any("CERTIFICATE_VERIFY_FAILED" in r.getMessage() for r in caplog.records)
+        caplog.clear()
         done, stats = asyncio.run(deliver(wrong, 1.5))
     assert not done and stats.retries >= 1 and stats.delivered == 0
     assert any("HTTP 401" in r.getMessage() for r in caplog.records)
-    assert not any("wrong-pw" in r.getMessage() for r in caplog.records)
-    right = AlertmanagerSettings(url=url, username="diskwatch", password=password)
+    assert not any("wrong-pw" in r.getMessage() or password in r.getMessage() for r in caplog.records)
+    right = AlertmanagerSettings(url=url, username="diskwatch", password=password, ca_file=ca)
     done, stats = asyncio.run(deliver(right, 30))
     assert done and stats.delivered == 1
     request = urllib.request.Request(f"{url}/api/v2/alerts?filter=" + urllib.request.quote(f'run="{run}"'))
     request.add_header("Authorization", "Basic " + base64.b64encode(f"diskwatch:{password}".encode()).decode())
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with urllib.request.urlopen(request, timeout=5, context=ssl.create_default_context(cafile=str(ca))) as response:
         (got,) = json.loads(response.read())
     assert got["labels"]["serial"] == f"B{run}"
