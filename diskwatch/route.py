@@ -269,10 +269,10 @@ async def route(
                 batch = await consumer.getmany(timeout_ms=500, max_records=config.batch_size)
                 messages = [m for ms in batch.values() for m in ms]
                 now = time.monotonic()
+                if now - last_resend >= config.resend_interval_s and active:
+                    await _resend(client, active, stats)
+                    last_resend = now
                 if not messages:
-                    if now - last_resend >= config.resend_interval_s and active:
-                        await _resend(client, active, stats)
-                        last_resend = now
                     if idle_timeout is not None and now - last_message > idle_timeout:
                         break
                     continue
