@@ -430,6 +430,101 @@ def demo(
     run_demo(Settings(), data=data, drives=drives, days=days, seed=seed, epochs=epochs, speed=speed)
 
 
+@app.command()
+def collect(
+    smartctl_json: list[str] = typer.Option(
+        [], "--smartctl-json", help="Saved smartctl --json output: file, folder of *.json, or - for stdin (repeatable)."
+    ),
+    print_: bool = typer.Option(False, "--print", help="Write wire JSON lines to stdout instead of producing to Kafka."),
+    key_separator: str | None = typer.Option(
+        None, "--key-separator", help="With --print: write SERIAL<sep>JSON lines (for kcat -K<sep>)."
+    ),
+    date: str | None = typer.Option(None, "--date", help="Record date (default: smartctl's local_time, UTC)."),
+    host: str | None = typer.Option(None, "--host", help="Host name kept in each record's extra (default: this host)."),
+    topic: str | None = typer.Option(None, "--topic", help="Target topic (default: settings' telemetry topic)."),
+    devices: list[str] = typer.Option([], "--device", help="Read this device instead of scanning (repeatable)."),
+    smartctl: str = typer.Option("smartctl", "--smartctl", help="smartctl binary (needs root or CAP_SYS_RAWIO)."),
+) -> None:
+    """Read SMART with smartmontools (or saved smartctl JSON) and feed the telemetry topic.
+
+    Exit status 1 when any device gave no record (each is reported on stderr).
+    """
+    import asyncio
+    import socket
+    import sys
+
+    from diskwatch import collect as run
+    from diskwatch.core.settings import Settings
+
+    outputs = run.read_saved(smartctl_json) if smartctl_json else run.scan_and_read(smartctl, devices)
+    hostname = host if host is not None else (None if smartctl_json else socket.gethostname())
+    result = run.convert_all(outputs, date=_date(date, "--date"), host=hostname)
+    records = [record for _, record in result.records]
+    if print_:
+        run.print_records(records, sys.stdout, key_separator)
+    elif records:
+        from aiokafka.errors import KafkaError
+
+        settings = Settings()
+        try:
+            sent = asyncio.run(run.produce(records, settings, topic))
+        except (KafkaError, OSError) as exc:
+            console.print(f"[red]error[/]: could not produce to Kafka at {settings.kafka_bootstrap_servers}: {exc}")
+            raise typer.Exit(2) from None
+        console.print(f"produced {sent} records")
+    for line in run.summary_lines(result):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if result.failed:
+        console.print(f"{len(result.failed)} of {len(result.failed) + len(records)} devices gave no record")
+        raise typer.Exit(1)
+
+
+@app.command()
+def route(
+    alertmanager: str | None = typer.Option(
+        None, "--alertmanager", help="Alertmanager base URL (default: DISKWATCH_ALERTMANAGER_URL)."
+    ),
+    topic: str | None = typer.Option(None, "--topic", help="Alert topic (default: settings)."),
+    group: str | None = typer.Option(None, "--group", help="Consumer group (default: diskwatch-alertmanager)."),
+    idle_timeout: float | None = typer.Option(None, help="Exit after this many seconds without an alert."),
+) -> None:
+    """Deliver drive alerts from Kafka to Prometheus Alertmanager (v2 API), at least once."""
+    import asyncio
+    import logging
+    import signal
+
+    from pydantic import SecretStr
+
+    from diskwatch.core.settings import Settings
+    from diskwatch.route import AlertmanagerSettings, describe
+    from diskwatch.route import route as run
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = AlertmanagerSettings()
+    updates: dict[str, object] = {}
+    if alertmanager is not None:
+        updates["url"] = SecretStr(alertmanager)
+    if group is not None:
+        updates["consumer_group"] = group
+    try:
+        config = AlertmanagerSettings.model_validate({**config.model_dump(), **updates})
+        config.endpoint()
+    except ValueError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stats = await run(settings, config, topic=topic, stop=stop, idle_timeout=idle_timeout)
+        console.print(f"route: {describe(stats)}")
+
+    asyncio.run(main())
+
+
 def _print_metrics(metrics: dict) -> None:
     from rich.table import Table
 

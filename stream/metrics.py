@@ -6,6 +6,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS_IN = Counter("diskwatch_records_in_total", "Telemetry messages consumed.")
 INVALID = Counter("diskwatch_records_invalid_total", "Messages sent to the dead-letter topic.", ["reason"])
+UNSCORED = Counter(
+    "diskwatch_records_unscored_total", "Records left unscored on purpose (e.g. a device type the bundle lacks).",
+    ["reason"],
+)
 DUPLICATES = Counter("diskwatch_records_duplicate_total", "Records whose (serial, date) was already stored.")
 WINDOWS_SCORED = Counter("diskwatch_windows_scored_total", "Full windows scored by the models.")
 ALERTS_OUT = Counter("diskwatch_alerts_total", "Alerts published.")

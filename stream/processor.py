@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 
 from diskwatch.core.records import Alert, AlertReason, DeadLetter, LifeExpectancy, Severity
 from diskwatch.core.wire import WireBatch, decode_batch
@@ -39,6 +40,9 @@ from diskwatch.stream import metrics
 from diskwatch.stream.windowstate import BatchState, WindowState
 
 T = TypeVar("T")
+# Bundles are trained on Backblaze dumps: ATA/SATA drives only. Records that carry another
+# extra["device_type"] (smartctl's NVMe, SCSI: see core/smartctl.py) are counted and not scored.
+TRAINED_DEVICE_TYPES = frozenset({"ata"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class PendingBatch:
     records: int = 0
     windows_scored: int = 0
     duplicates: int = 0
+    unscored: dict[str, int] = field(default_factory=dict)  # by reason
 
 
 class BatchProcessor:
@@ -107,6 +112,14 @@ class BatchProcessor:
 
     def _decode(self, messages: list[InMessage], pending: PendingBatch) -> tuple[WireBatch, np.ndarray]:
         """Validate and transform; invalid messages become dead letters."""
+        kept = []
+        for m in messages:  # mask: device classes the bundle was not trained on are counted, not scored
+            reason = _untrained_device(m.value)
+            if reason is None:
+                kept.append(m)
+            else:
+                pending.unscored[reason] = pending.unscored.get(reason, 0) + 1
+        messages = kept
         batch = decode_batch([m.value for m in messages], self.spec.wire_columns)
         for i, error in batch.errors:
             message = messages[i]
@@ -247,6 +260,22 @@ def _count_in(messages: list[InMessage], pending: PendingBatch) -> None:
     metrics.DUPLICATES.inc(pending.duplicates)
     for letter in pending.dead_letters:
         metrics.INVALID.labels(reason=letter.reason_code).inc()
+    for reason, n in pending.unscored.items():
+        metrics.UNSCORED.labels(reason=reason).inc(n)
+
+
+def _untrained_device(payload: bytes | None) -> str | None:
+    """The unscored reason of a record of a device class the bundle was not trained on, else None."""
+    if not payload or b'"device_type"' not in payload:
+        return None
+    try:
+        extra = orjson.loads(payload).get("extra")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None  # the decoder dead-letters it
+    kind = extra.get("device_type") if isinstance(extra, dict) else None
+    if not isinstance(kind, str) or kind in TRAINED_DEVICE_TYPES:
+        return None
+    return f"device_type_{kind}" if kind in ("nvme", "scsi") else "device_type_other"
 
 
 def _within_reach(state: BatchState, batch: WireBatch, owner: np.ndarray, reach: int) -> np.ndarray:
