@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from diskwatch.core.records import Alert, AlertReason, DeadLetter, LifeExpectancy, Severity
-from diskwatch.core.wire import WireBatch, decode_batch
+from diskwatch.core.settings import Settings
+from diskwatch.core.wire import InputLimits, WireBatch, decode_batch
 from diskwatch.models.alerting import life_expectancy, severity, top_reasons
 from diskwatch.models.bundle import Bundle
 from diskwatch.models.inference import Scores
@@ -63,6 +64,8 @@ class PendingBatch:
     records: int = 0
     windows_scored: int = 0
     duplicates: int = 0
+    # (serial, day) -> the batch's exact values of the model columns, for alert reasons
+    reported: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
 
 class BatchProcessor:
@@ -73,8 +76,18 @@ class BatchProcessor:
     a batch is scored; Redis calls stay on the loop.
     """
 
-    def __init__(self, bundle: Bundle, state: WindowState, *, score: bool = True, max_batch: int = 1024) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        state: WindowState,
+        *,
+        score: bool = True,
+        max_batch: int = 1024,
+        limits: InputLimits | None = None,
+    ) -> None:
         self.bundle = bundle
+        # Size and date rules for input; by default from the DISKWATCH_* environment.
+        self.limits = limits or InputLimits.from_settings(Settings())
         self.state = state
         self.spec = bundle.spec
         self.config: WindowConfig = bundle.window
@@ -107,13 +120,14 @@ class BatchProcessor:
 
     def _decode(self, messages: list[InMessage], pending: PendingBatch) -> tuple[WireBatch, np.ndarray]:
         """Validate and transform; invalid messages become dead letters."""
-        batch = decode_batch([m.value for m in messages], self.spec.wire_columns)
+        batch = decode_batch([m.value for m in messages], self.spec.wire_columns, self.limits)
         for i, error in batch.errors:
             message = messages[i]
             pending.dead_letters.append(
                 DeadLetter.from_payload(
                     message.value, error, key=message.key, topic=message.topic,
                     partition=message.partition, offset=message.offset,
+                    max_payload_bytes=self.limits.dead_letter_payload_bytes,
                 )
             )
         return batch, self.spec.transform(batch.values)
@@ -136,6 +150,7 @@ class BatchProcessor:
         metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
         metrics.WINDOWS_SCORED.inc(int(ends.size))
         pending.windows_scored = int(ends.size)
+        pending.reported = _reported(batch)
         self._decide(pending, state, owner[ends], state.days[ends], windows, scores)
 
     def _decide(
@@ -158,7 +173,10 @@ class BatchProcessor:
             touched.add(drive)
             level = levels[i]
             if level > current[drive]:
-                pending.alerts.append(self._alert(serial, state.models[drive], end, level, i, scores, windows[i], now))
+                reported = pending.reported.get((serial, end))
+                pending.alerts.append(
+                    self._alert(serial, state.models[drive], end, level, i, scores, windows[i], now, reported)
+                )
             current[drive] = level
         pending.severity = {state.serials[d]: current[d] for d in touched}
         metrics.ALERTS_OUT.inc(len(pending.alerts))
@@ -173,6 +191,7 @@ class BatchProcessor:
         scores: Scores,
         window: np.ndarray,
         now: dt.datetime,
+        reported: np.ndarray | None = None,
     ) -> Alert:
         t = self.bundle.thresholds
         # Rank every feature; the alert names the top ones the drive actually reports.
@@ -190,32 +209,38 @@ class BatchProcessor:
             date=end_date,
             window_start=end_date - dt.timedelta(days=self.config.window - 1),
             window_end=end_date,
-            severity=Severity.CRITICAL if level >= 2 else Severity.WARNING,
+            severity=Severity.from_rank(level),
             failure_probability=_unit(scores.probability[i]),
             anomaly_score=_finite(scores.anomaly[i]),
             classifier_threshold=t.classifier,
             anomaly_threshold=t.autoencoder,
             horizon_days=self.config.horizon,
-            reasons=self._reasons(reasons, window, t.top_reasons),
+            reasons=self._reasons(reasons, window, t.top_reasons, reported),
             life_expectancy=life,
             predicted_days_to_failure=rul if rul is None or np.isfinite(rul) else None,
             bundle_version=self.bundle.version,
             created_at=now,
         )
 
-    def _reasons(self, ranked: list[tuple[int, str, float]], window: np.ndarray, k: int) -> list[AlertReason]:
+    def _reasons(
+        self, ranked: list[tuple[int, str, float]], window: np.ndarray, k: int, reported: np.ndarray | None
+    ) -> list[AlertReason]:
         out = []
         for attr, name, share in ranked:
-            value = self._raw_value(window, name)
+            value = self._raw_value(window, name, reported)
             if value is not None:
                 out.append(AlertReason(attribute=attr, feature=name, raw_value=value, error_share=share))
             if len(out) == k:
                 break
         return out
 
-    def _raw_value(self, window: np.ndarray, name: str) -> float | None:
-        """Latest reported raw value of a feature in the window (inverse transform)."""
+    def _raw_value(self, window: np.ndarray, name: str, reported: np.ndarray | None) -> int | float | None:
+        """Latest raw value of a feature: the record's own when its last day came in this batch,
+        else read back from the stored (float32, transformed) window."""
         j = self.spec.names.index(name)
+        if reported is not None and not np.isnan(reported[j]):
+            exact = float(reported[j])  # float64 holds every integer below 2**53 exactly
+            return int(exact) if exact.is_integer() else exact
         column = window[:, j]
         seen = column[~np.isnan(column)]
         if seen.size == 0:
@@ -247,6 +272,14 @@ def _count_in(messages: list[InMessage], pending: PendingBatch) -> None:
     metrics.DUPLICATES.inc(pending.duplicates)
     for letter in pending.dead_letters:
         metrics.INVALID.labels(reason=letter.reason_code).inc()
+
+
+def _reported(batch: WireBatch) -> dict[tuple[str, int], np.ndarray]:
+    """(serial, day) -> the batch's decoded model columns; the first copy wins, as in Redis (HSETNX)."""
+    out: dict[tuple[str, int], np.ndarray] = {}
+    for row, key in enumerate(zip(batch.serials, batch.days.tolist(), strict=True)):
+        out.setdefault(key, batch.values[row])
+    return out
 
 
 def _within_reach(state: BatchState, batch: WireBatch, owner: np.ndarray, reach: int) -> np.ndarray:
