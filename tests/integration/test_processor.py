@@ -116,5 +116,23 @@ def test_bad_messages_become_dead_letters_with_positions(sim_bundle: Path, redis
     ]
     _, letters, _ = asyncio.run(run(sim_bundle, redis_url, [], 10, messages=msgs))
     assert [(x.reason_code, x.source_offset, x.source_partition) for x in letters] == [
-        ("malformed_json", 17, 3), ("bad_failure", 19, 3), ("malformed_json", 20, 3),
+        ("malformed_json", 17, 3), ("bad_failure", 19, 3), ("tombstone", 20, 3),
     ]
+    assert letters[2].payload is None and letters[0].payload == "{oops"
+
+
+def test_alert_reasons_carry_the_records_exact_raw_values(
+    sim_bundle: Path, redis_url: str, records: list[TelemetryRecord]
+) -> None:
+    by_day = {(r.serial_number, r.date): r for r in records}
+    alerts, _, _ = asyncio.run(run(sim_bundle, redis_url, records, 4096))
+    checked = 0
+    for alert in alerts:
+        record = by_day[(alert.serial_number, alert.date)]
+        for reason in alert.reasons:
+            kind = reason.feature.rsplit("_", 1)[1]
+            expected = record.raw(reason.attribute) if kind == "raw" else record.normalized(reason.attribute)
+            if expected is not None:  # else the value came from an earlier day of the window
+                assert reason.raw_value == expected and type(reason.raw_value) is type(expected), reason
+                checked += 1
+    assert checked > 0, "no alert reason to check; the fixture bundle should alert on the simulated fleet"
