@@ -64,6 +64,7 @@ REASON_CODES: dict[str, str] = {
     "bad_normalized": "a normalized value is not an integer (or null) in 0..255",
     "bad_extra": "extra is not an object of string -> string",
     "malformed_row": "a CSV row with more cells than the header",
+    "wrong_field_count": "a CSV line whose cell count differs from the header (the dump reader, replay)",
 }
 
 # Removed from serials before anything else: they are invisible, so a serial
