@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-BASE_COLUMNS = ("date", "serial_number", "model", "capacity_bytes", "failure")
-SMART_COLUMN = re.compile(r"^smart_(\d{1,3})_(raw|normalized)$")
+from diskwatch.core.records import BASE_COLUMNS, SMART_COLUMN
+
 _DAY_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})\.csv(\.gz)?$")
 
 

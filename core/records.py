@@ -5,16 +5,19 @@
 * ``DeadLetter`` — rejected input, kept with the reason and where it came from.
 
 Every rejection raises :class:`InvalidRecord` carrying a short machine-readable
-``code`` (to count by reason) and a precise human ``reason``.
+``code`` (to count by reason) and a precise human ``reason``; :data:`REASON_CODES`
+lists them all. The bytes of the wire form are read and written by
+:mod:`diskwatch.core.wire`; this module holds the models and their value rules.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
+import hashlib
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NamedTuple
@@ -34,6 +37,39 @@ SCHEMA_VERSION = 1
 MAX_SMART_RAW = 2**64 - 1  # SMART raw values are at most 48 bits; leave headroom.
 MAX_CAPACITY_BYTES = 10**15  # 1 PB: far above any drive that exists.
 MAX_SERIAL_LEN = 128
+#: Day numbers (what Redis stores and windows compare) count days since this date.
+EPOCH = dt.date(1970, 1, 1)
+#: Dead letters keep at most this much of the original message (plus its length and sha256),
+#: so one always fits under Kafka's default 1 MB max.message.bytes.
+DEAD_LETTER_PAYLOAD_BYTES = 8 * 1024
+_DEAD_LETTER_TEXT_CHARS = 1024  # reason and key: cut, so a letter's size stays bounded
+
+#: Every rejection code, with what it means (README and docs/schemas repeat this table).
+REASON_CODES: dict[str, str] = {
+    "tombstone": "the Kafka message value is null (a tombstone)",
+    "empty_message": "the message value is zero bytes",
+    "oversized": "the message is larger than max_record_bytes",
+    "malformed_json": "not UTF-8, or not valid JSON",
+    "not_an_object": "valid JSON, but not an object",
+    "unknown_field": "a field (or CSV column) the record does not have",
+    "missing_serial": "serial_number is absent, null, or empty once normalised",
+    "bad_serial": "serial_number is not a string, too long, has control characters or lone surrogates",
+    "bad_date": "date absent, not a YYYY-MM-DD string, not a calendar date, or before min_date",
+    "future_date": "date later than the worker's clock plus future_skew_days",
+    "bad_model": "model is not a string (or null) or is not valid Unicode",
+    "bad_capacity": "capacity_bytes is not an integer (or null) in -1, 0..1e15",
+    "bad_failure": "failure is not 0, 1 or null",
+    "bad_smart": "smart is not an object of id (1..255) -> [raw, normalized]",
+    "bad_raw": "a raw value is not a number (or null) in 0..2^64-1",
+    "bad_normalized": "a normalized value is not an integer (or null) in 0..255",
+    "bad_extra": "extra is not an object of string -> string",
+    "malformed_row": "a CSV row with more cells than the header",
+    "wrong_field_count": "a CSV line whose cell count differs from the header (the dump reader, replay)",
+}
+
+# Removed from serials before anything else: they are invisible, so a serial
+# with one is the same drive without it (zero-width space/joiners, word joiner, BOM).
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 
 # Backblaze's non-SMART columns. Newer dumps (Q4-2023 on) add the location ones.
 BASE_COLUMNS = ("date", "serial_number", "model", "capacity_bytes", "failure")
@@ -45,8 +81,9 @@ KNOWN_EXTRA_COLUMNS = (
     "pod_slot_number",
     "is_legacy_format",
 )
+#: A Backblaze SMART column name: ``smart_<id>_raw`` or ``smart_<id>_normalized``.
 SMART_COLUMN = re.compile(r"^smart_(\d{1,3})_(raw|normalized)$")
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _NUMERIC = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$", re.ASCII)
 
 
@@ -57,6 +94,15 @@ class InvalidRecord(ValueError):
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+
+
+def day_number(day: dt.date) -> int:
+    """Days since :data:`EPOCH`: the integer day the stream stores and compares."""
+    return (day - EPOCH).days
+
+
+def from_day_number(number: int) -> dt.date:
+    return EPOCH + dt.timedelta(days=int(number))
 
 
 class _CodedError(ValueError):
@@ -160,7 +206,8 @@ def _smart_id(key: Any) -> int:
         attr = int(key)
     except (TypeError, ValueError):
         raise _CodedError("bad_smart", f"SMART id must be an integer 1..255, got {key!r:.40}") from None
-    if not 1 <= attr <= 255 or str(key).strip() != str(attr):
+    # Only the canonical spelling: "5", never "05", " 5" or "5\n" (the schema's pattern says so too).
+    if not 1 <= attr <= 255 or str(key) != str(attr):
         raise _CodedError("bad_smart", f"SMART id must be an integer 1..255, got {key!r:.40}")
     return attr
 
@@ -199,20 +246,6 @@ def _smart_map(value: Any) -> dict[int, SmartValue]:
         )
     out: dict[int, SmartValue] = {}
     for key, pair in value.items():
-        # Fast path for the compact wire form with plain ints: every check the
-        # slow path makes, without its function calls (the stream's hot loop).
-        if type(key) is str and type(pair) is list and len(pair) == 2 and key.isascii() and key.isdigit():
-            raw, norm = pair
-            attr = int(key)
-            if (
-                1 <= attr <= 255
-                and key[0] != "0"
-                and attr not in out
-                and (raw is None or (type(raw) is int and 0 <= raw <= MAX_SMART_RAW))
-                and (norm is None or (type(norm) is int and 0 <= norm <= 255))
-            ):
-                out[attr] = SmartValue._trusted(raw, norm)
-                continue
         attr = _smart_id(key)
         if attr in out:
             raise _CodedError("bad_smart", f"smart[{attr}] is given twice")
@@ -262,27 +295,43 @@ def _date(value: Any) -> dt.date:
     if value is None:
         raise ValueError("date is missing")
     if isinstance(value, str):
-        text = value.strip()
-        # fromisoformat alone would also take "20130410" and "2013-W15-3".
-        if _ISO_DATE.match(text):
+        # Exactly YYYY-MM-DD, unpadded: fromisoformat alone would also take
+        # "20130410" and "2013-W15-3", and the published schema takes no blanks.
+        if _ISO_DATE.match(value) and len(value) == 10:
             try:
-                return dt.date.fromisoformat(text)
+                return dt.date.fromisoformat(value)
             except ValueError:
                 pass
         raise ValueError(f"date must be YYYY-MM-DD, got {value[:40]!r}")
     raise ValueError(f"date must be a YYYY-MM-DD string, got {type(value).__name__}")
 
 
+def normalize_serial(value: str) -> str:
+    """The drive's identity: invisible characters removed, blanks stripped, NFC.
+
+    ``"\ufeffZ1 "`` and ``"Z1"`` are the same drive, so they must share one
+    window; the original spelling stays in the message for anyone who needs it.
+    """
+    return unicodedata.normalize("NFC", value.translate(_INVISIBLE).strip())
+
+
 def _serial(value: Any) -> str:
     if value is None:
-        raise ValueError("serial_number is missing")
+        raise _CodedError("missing_serial", "serial_number is missing")
     if not isinstance(value, str):
-        raise ValueError(f"serial_number must be a string, got {type(value).__name__}")
-    text = _check_text(value.strip(), "serial_number")
+        raise _CodedError("bad_serial", f"serial_number must be a string, got {type(value).__name__}")
+    if len(value) > MAX_SERIAL_LEN:
+        raise _CodedError("bad_serial", f"serial_number is {len(value)} characters, over {MAX_SERIAL_LEN}")
+    try:
+        _check_text(value, "serial_number")
+    except ValueError as exc:
+        raise _CodedError("bad_serial", str(exc)) from None
+    text = normalize_serial(value)
     if not text:
-        raise ValueError("serial_number is empty")
-    if len(text) > MAX_SERIAL_LEN or any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ValueError("serial_number is too long or has control characters")
+        raise _CodedError("missing_serial", "serial_number is empty (or only blanks and invisible characters)")
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise _CodedError("bad_serial", f"serial_number has the control character {bad!r}")
     return text
 
 
@@ -320,7 +369,7 @@ def _failure(value: Any) -> int | None:
 # Map pydantic field names to the stable reason codes counted by the stream.
 _FIELD_CODES = {
     "date": "bad_date",
-    "serial_number": "missing_serial",
+    "serial_number": "bad_serial",
     "model": "bad_model",
     "capacity_bytes": "bad_capacity",
     "failure": "bad_failure",
@@ -329,11 +378,53 @@ _FIELD_CODES = {
 }
 
 
+# JSON Schema fragments that state the parser's rules exactly (regexes are
+# Python ``re``/ECMA-262 compatible; ``(?![\s\S])`` is a true end of string).
+_NO_SURROGATE = r"^[^\ud800-\udfff]*(?![\s\S])"
+_EDGE = r"[\s\u200b-\u200d\u2060\ufeff]"  # stripped: blanks and invisible characters
+_VISIBLE = r"[^\s\u200b-\u200d\u2060\ufeff\x00-\x1f\x7f\ud800-\udfff]"
+_INNER = r"[^\x00-\x1f\x7f\ud800-\udfff]"
+_SERIAL_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_SERIAL_LEN,
+    "pattern": rf"^{_EDGE}*{_VISIBLE}(?:{_INNER}*{_VISIBLE})?{_EDGE}*(?![\s\S])",
+    "description": (
+        "Normalised before use: zero-width characters and the BOM are removed, blanks stripped, "
+        "then NFC. Must keep a visible character; no control characters inside; valid Unicode."
+    ),
+}
+_DATE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "date",
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(?![\s\S])",
+    "description": (
+        "YYYY-MM-DD, unpadded. The worker also rejects dates before its min_date (bad_date) "
+        "and after its clock + future_skew_days (future_date): runtime settings, not schema."
+    ),
+}
+_MODEL_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "string", "pattern": _NO_SURROGATE}, {"type": "null"}],
+    "description": "Drive model; null means unknown and reads as \"\". Blanks are stripped.",
+}
+_CAPACITY_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "integer", "minimum": -1, "maximum": MAX_CAPACITY_BYTES}, {"type": "null"}],
+    "description": "Bytes as a JSON number (a string is rejected); -1 or null = unknown.",
+}
+_EXTRA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"pattern": _NO_SURROGATE},
+    "additionalProperties": {"type": "string", "pattern": _NO_SURROGATE},
+    "description": "Non-SMART columns kept from the source (e.g. datacenter).",
+}
+
 _SMART_WIRE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "SMART attributes: id (1..255) -> [raw, normalized]; either may be null.",
+    "description": (
+        "SMART attributes: id (1..255) -> [raw, normalized]; either may be null. Values are JSON "
+        "numbers (a string or an {\"raw\": ..} object is rejected)."
+    ),
     "patternProperties": {
-        "^([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])$": {
+        r"^([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])(?![\s\S])": {
             "type": "array",
             "minItems": 2,
             "maxItems": 2,
@@ -352,21 +443,20 @@ class TelemetryRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # The Field bounds repeat the validators' checks so that the JSON Schema states them too.
-    date: Annotated[dt.date, BeforeValidator(_date)] = Field(
-        json_schema_extra={"pattern": r"^\d{4}-\d{2}-\d{2}$"}
-    )
-    serial_number: Annotated[str, BeforeValidator(_serial)] = Field(min_length=1, max_length=MAX_SERIAL_LEN)
-    model: str = ""
-    capacity_bytes: Annotated[int, BeforeValidator(_capacity)] = Field(
-        -1, ge=-1, le=MAX_CAPACITY_BYTES, description="Bytes; -1 = unknown."
+    # Each WithJsonSchema states the validator's rule for the published schema
+    # (tests/unit/test_json_schemas.py checks they agree on generated input).
+    date: Annotated[dt.date, BeforeValidator(_date), WithJsonSchema(_DATE_SCHEMA)]
+    serial_number: Annotated[str, BeforeValidator(_serial), WithJsonSchema(_SERIAL_SCHEMA)]
+    model: Annotated[str, WithJsonSchema(_MODEL_SCHEMA)] = ""
+    capacity_bytes: Annotated[int, BeforeValidator(_capacity), WithJsonSchema(_CAPACITY_SCHEMA)] = Field(
+        -1, ge=-1, le=MAX_CAPACITY_BYTES
     )
     failure: Annotated[int | None, BeforeValidator(_failure)] = Field(None, ge=0, le=1)
     smart: Annotated[
         dict[int, SmartValue], PlainValidator(_smart_map), WithJsonSchema(_SMART_WIRE_SCHEMA)
     ] = Field(default_factory=dict)
-    extra: Annotated[dict[str, str], BeforeValidator(_extra_map)] = Field(
-        default_factory=dict, description="Non-SMART columns kept from the source (e.g. datacenter)."
+    extra: Annotated[dict[str, str], BeforeValidator(_extra_map), WithJsonSchema(_EXTRA_SCHEMA)] = Field(
+        default_factory=dict
     )
 
     @field_validator("model", mode="before")
@@ -382,16 +472,22 @@ class TelemetryRecord(BaseModel):
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> TelemetryRecord:
-        """Validate a mapping (decoded JSON); raise :class:`InvalidRecord`."""
+        """Validate decoded wire JSON; raise :class:`InvalidRecord`.
+
+        Stricter than the constructor, exactly as the published schema: JSON
+        types only (numbers as numbers, SMART pairs as 2-item arrays).
+        """
         if not isinstance(data, Mapping):
             raise InvalidRecord("not_an_object", f"expected a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
-            raise InvalidRecord("unknown_field", f"unknown field(s) {unknown}")
-        if "serial_number" not in data:
+            shown = ", ".join(repr(_printable(str(name))[:40]) for name in unknown[:5])
+            raise InvalidRecord("unknown_field", f"{len(unknown)} unknown field(s): {shown}")
+        if data.get("serial_number") is None:
             raise InvalidRecord("missing_serial", "serial_number is missing")
         if "date" not in data:
             raise InvalidRecord("bad_date", "date is missing")
+        _check_wire_types(data)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -399,26 +495,10 @@ class TelemetryRecord(BaseModel):
 
     @classmethod
     def from_json(cls, payload: bytes | str) -> TelemetryRecord:
-        """Parse the compact wire JSON produced by :meth:`to_json`.
+        """Parse wire JSON (see :func:`diskwatch.core.wire.decode`, which this calls)."""
+        from diskwatch.core import wire  # wire builds on this module
 
-        Bytes must be UTF-8 (RFC 8259); any failure to decode, including
-        over-long integers and too-deep nesting, is ``malformed_json``.
-        """
-        if isinstance(payload, (bytearray, memoryview)):
-            payload = bytes(payload)
-        if not isinstance(payload, (bytes, str)):
-            raise InvalidRecord(
-                "malformed_json", f"payload must be bytes or str, got {type(payload).__name__}"
-            )
-        try:
-            text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
-        except UnicodeDecodeError as exc:
-            raise InvalidRecord("malformed_json", f"not UTF-8: {exc}") from None
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, nesting
-            raise InvalidRecord("malformed_json", f"not valid JSON: {str(exc)[:200]}") from None
-        return cls.parse(data)
+        return wire.decode(payload)
 
     @classmethod
     def from_backblaze_row(
@@ -482,8 +562,10 @@ class TelemetryRecord(BaseModel):
         return out
 
     def to_json(self) -> bytes:
-        """Compact UTF-8 JSON for Kafka."""
-        return json.dumps(self.to_wire(), separators=(",", ":"), ensure_ascii=False).encode()
+        """Compact UTF-8 JSON for Kafka (see :func:`diskwatch.core.wire.encode`, which this calls)."""
+        from diskwatch.core import wire  # wire builds on this module
+
+        return wire.encode(self)
 
     def raw(self, attr: int) -> int | float | None:
         value = self.smart.get(attr)
@@ -492,6 +574,33 @@ class TelemetryRecord(BaseModel):
     def normalized(self, attr: int) -> int | None:
         value = self.smart.get(attr)
         return None if value is None else value.normalized
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    return "a boolean" if isinstance(value, bool) else type(value).__name__
+
+
+def _check_wire_types(data: Mapping[str, Any]) -> None:
+    """JSON types the schema demands and the CSV path does not (CSV cells are all text)."""
+    for name, code in (("capacity_bytes", "bad_capacity"), ("failure", "bad_failure")):
+        value = data.get(name)
+        if value is not None and not _is_number(value):
+            raise InvalidRecord(code, f"{name} must be a JSON number or null, got {_kind(value)}")
+    smart = data.get("smart")
+    if not isinstance(smart, Mapping):
+        return  # absent or not an object: the model's own check names it
+    for key, pair in smart.items():
+        if not isinstance(pair, list):
+            raise InvalidRecord(
+                "bad_smart", f"smart[{key!r:.20}] must be an array [raw, normalized], got {type(pair).__name__}"
+            )
+        for part, code in zip(pair[:2], ("bad_raw", "bad_normalized"), strict=False):
+            if part is not None and not _is_number(part):
+                raise InvalidRecord(code, f"smart[{key!r:.20}]: a value must be a number or null, got {_kind(part)}")
 
 
 def _invalid(exc: ValidationError) -> InvalidRecord:
@@ -525,7 +634,18 @@ class Severity(StrEnum):
 
     @property
     def rank(self) -> int:
-        return {"warning": 1, "critical": 2}[self.value]
+        """1 = one detector fires, 2 = both (0, no alert, has no member)."""
+        return _SEVERITY_RANKS[self]
+
+    @classmethod
+    def from_rank(cls, rank: int) -> Severity:
+        """The severity of ``rank`` (>= 1; anything above 2 is critical)."""
+        if rank < 1:
+            raise ValueError(f"severity rank must be >= 1, got {rank}")
+        return cls.CRITICAL if rank >= _SEVERITY_RANKS[cls.CRITICAL] else cls.WARNING
+
+
+_SEVERITY_RANKS = {Severity.WARNING: 1, Severity.CRITICAL: 2}
 
 
 class LifeExpectancy(StrEnum):
@@ -552,8 +672,11 @@ class AlertReason(BaseModel):
 
     attribute: int = Field(ge=1, le=255, description="SMART attribute id.")
     feature: str = Field(description="Model feature name, e.g. smart_5_raw.")
-    raw_value: Annotated[float | None, BeforeValidator(_nan_is_missing)] = Field(
-        description="Latest raw value in the window (None if missing; NaN is read as None)."
+    raw_value: Annotated[int | float | None, BeforeValidator(_nan_is_missing)] = Field(
+        description=(
+            "Latest raw value in the window, exactly as the record gave it when the window's last "
+            "day came in this batch (else read back from the stored features, rounded); None if missing."
+        )
     )
     error_share: float = Field(ge=0, le=1, description="Share of the reconstruction error.")
 
@@ -596,11 +719,19 @@ class DeadLetter(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    reason_code: str = Field(description="Stable code for counting, e.g. malformed_json.")
-    reason: str = Field(description="Precise human-readable reason.")
-    payload: str = Field(description="The original message value (see payload_encoding).")
+    reason_code: str = Field(description="Stable code for counting, e.g. malformed_json (see README).")
+    reason: str = Field(description="Precise human-readable reason (at most 1024 characters).")
+    payload: str | None = Field(
+        description=(
+            "The original message value, or its first bytes when payload_truncated (see "
+            "payload_encoding); null for a Kafka tombstone, \"\" for an empty message."
+        )
+    )
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
-    key: str | None = None
+    payload_length: int = Field(0, ge=0, description="Bytes in the original message value.")
+    payload_sha256: str | None = Field(None, description="Hex sha256 of the whole original value.")
+    payload_truncated: bool = Field(False, description="payload holds only the first bytes of the value.")
+    key: str | None = Field(None, description="The message key as text (at most 1024 characters).")
     source_topic: str | None = None
     source_partition: int | None = None
     source_offset: int | None = None
@@ -616,22 +747,35 @@ class DeadLetter(BaseModel):
         topic: str | None = None,
         partition: int | None = None,
         offset: int | None = None,
+        max_payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES,
     ) -> DeadLetter:
-        """Keep the original bytes losslessly (base64 when not UTF-8)."""
-        text, encoding = _as_text(payload)
+        """Keep the original bytes (base64 when not UTF-8), cut to ``max_payload_bytes``.
+
+        The cut keeps every letter publishable: a letter that Kafka refuses
+        would stall the worker, and the sha256 still identifies the original.
+        """
+        raw = _as_bytes(payload)
+        kept = raw if raw is None else raw[:max_payload_bytes]
+        text, encoding = _as_text(kept, cut=raw is not None and len(raw) > max_payload_bytes)
         return cls(
-            reason_code=_printable(error.code),
-            reason=_printable(error.reason),
+            reason_code=_printable(error.code)[:64],
+            reason=_printable(error.reason)[:_DEAD_LETTER_TEXT_CHARS],
             payload=text,
             payload_encoding=encoding,
-            key=None if key is None else _printable(key),
+            payload_length=0 if raw is None else len(raw),
+            payload_sha256=None if raw is None else hashlib.sha256(raw).hexdigest(),
+            payload_truncated=raw is not None and len(raw) > max_payload_bytes,
+            key=None if key is None else _printable(key)[:_DEAD_LETTER_TEXT_CHARS],
             source_topic=topic,
             source_partition=partition,
             source_offset=offset,
             failed_at=dt.datetime.now(dt.UTC),
         )
 
-    def original_payload(self) -> bytes:
+    def original_payload(self) -> bytes | None:
+        """The stored value as bytes (only its first bytes when ``payload_truncated``)."""
+        if self.payload is None:
+            return None
         if self.payload_encoding == "base64":
             return base64.b64decode(self.payload)
         return self.payload.encode("utf-8")
@@ -647,23 +791,31 @@ def _printable(value: bytes | str) -> str:
     return bytes(value).decode("utf-8", "replace")
 
 
-def _as_text(payload: bytes | str | None) -> tuple[str, Literal["utf-8", "base64"]]:
+def _as_bytes(payload: bytes | str | None) -> bytes | None:
+    """The message value as bytes; text is UTF-8 (lone surrogates kept as their bytes)."""
     if payload is None:
-        return "", "utf-8"
+        return None
     if isinstance(payload, str):
         try:
-            payload.encode("utf-8")
-            return payload, "utf-8"
+            return payload.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: JSON output would fail; keep them as bytes
             try:
-                payload = payload.encode("utf-8", "surrogateescape")  # undoes a surrogateescape decode
+                return payload.encode("utf-8", "surrogateescape")  # undoes a surrogateescape decode
             except UnicodeEncodeError:
-                payload = payload.encode("utf-8", "surrogatepass")
-    payload = bytes(payload)
-    try:
-        return payload.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(payload).decode("ascii"), "base64"
+                return payload.encode("utf-8", "surrogatepass")
+    return bytes(payload)
+
+
+def _as_text(payload: bytes | None, *, cut: bool = False) -> tuple[str | None, Literal["utf-8", "base64"]]:
+    """UTF-8 text when the bytes are UTF-8, else base64; a ``cut`` may end inside a character."""
+    if payload is None:
+        return None, "utf-8"
+    for drop in range(4 if cut else 1):  # a UTF-8 character is at most 4 bytes
+        try:
+            return payload[: len(payload) - drop].decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            continue
+    return base64.b64encode(payload).decode("ascii"), "base64"
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

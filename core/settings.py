@@ -8,6 +8,7 @@ environment variables, an optional env file (``DISKWATCH_ENV_FILE`` or
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Window defaults (S, L, G in days): the one definition settings, the CLI and WindowConfig use.
+WINDOW_DAYS, HORIZON_DAYS, MAX_GAP_DAYS = 14, 7, 2
 
 
 def _env_file() -> str:
@@ -86,14 +90,28 @@ class Settings(BaseSettings):
     )
 
     # --- Windows and scoring ---------------------------------------------------
-    window_days: int = Field(14, ge=2, le=365, description="S: days per scored window.")
-    horizon_days: int = Field(7, ge=1, le=365, description="L: predict failure within L days.")
-    max_gap_days: int = Field(2, ge=1, le=60, description="G: longest tolerated gap inside a window.")
+    window_days: int = Field(WINDOW_DAYS, ge=2, le=365, description="S: days per scored window.")
+    horizon_days: int = Field(HORIZON_DAYS, ge=1, le=365, description="L: predict failure within L days.")
+    max_gap_days: int = Field(MAX_GAP_DAYS, ge=1, le=60, description="G: longest tolerated gap inside a window.")
     batch_size: int = Field(512, ge=1, le=100_000, description="Records taken per stream batch.")
     batch_linger_s: float = Field(
         0.5, gt=0, le=60, description="Longest wait to fill a batch before scoring it anyway."
     )
     model_bundle: Path | None = Field(None, description="Directory of a trained model bundle.")
+
+    # --- Input rules (see README: rejection codes) --------------------------------
+    max_record_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024**2,
+        description="Larger messages are dead-lettered unparsed (oversized); a real record is < 2 KB.",
+    )
+    min_date: dt.date = Field(dt.date(2000, 1, 1), description="Earlier dates are rejected (bad_date).")
+    future_skew_days: int = Field(
+        2, ge=0, le=365, description="Dates later than the worker's UTC date + this are rejected (future_date)."
+    )
+    dead_letter_payload_bytes: int = Field(
+        8 * 1024, ge=256, le=512 * 1024,
+        description="Dead letters keep this much of the message (plus its length and sha256).",
+    )
 
     # --- Observability ---------------------------------------------------------
     metrics_host: str = Field(

@@ -1,37 +1,152 @@
-"""Decode a batch of wire-JSON telemetry into columns, fast.
+"""The wire codec: telemetry records to and from the bytes on the Kafka topic.
 
-The worker parses every message, and building a validated
-:class:`TelemetryRecord` per message used to cost more than everything else it
-does. :func:`decode_batch` checks payloads in the exact shape that
-:meth:`TelemetryRecord.to_json` writes (integer SMART values) with
-straight-line code and reads only the columns the models need. Anything else —
-a float raw value, a padded serial, a value out of range, broken JSON — goes
-through :meth:`TelemetryRecord.from_json`, which accepts it (its values are
-then used) or rejects it with the precise reason. So the fast path never
-rejects anything itself, and a test checks that it accepts nothing the full
-parser would reject or decode differently.
+One module owns the format, in both directions and at both speeds:
+
+* :func:`encode` / :func:`decode` — one :class:`TelemetryRecord` to compact
+  JSON and back (the *reference path*: the model's validators decide).
+* :func:`encode_table` — a whole day of a Backblaze table at once, column-wise
+  with Arrow (replay), byte-for-byte what :func:`encode` writes.
+* :func:`decode_batch` — the worker's *fast path*: payloads in the exact shape
+  :func:`encode` writes are checked with straight-line code and only the model
+  columns are read; anything else goes through :func:`decode`, which accepts
+  it (its values are then used) or rejects it with the precise reason. So the
+  fast path never rejects anything itself, and a property test checks that it
+  accepts nothing the reference path would reject or decode differently.
+
+Both paths then apply the same :class:`InputLimits` (record size, date floor,
+future skew): rules that depend on the worker's settings and clock, so they
+are not part of the record model or its published schema.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import json
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from diskwatch.core.records import (
+    DEAD_LETTER_PAYLOAD_BYTES,
+    EPOCH,
     MAX_CAPACITY_BYTES,
     MAX_SERIAL_LEN,
     MAX_SMART_RAW,
+    SMART_COLUMN,
     InvalidRecord,
     TelemetryRecord,
+    day_number,
+    from_day_number,
 )
+from diskwatch.core.settings import Settings
 
-_EPOCH = dt.date(1970, 1, 1)
 _FIELDS = frozenset(TelemetryRecord.model_fields)
 _RAW, _NORMALIZED = 0, 1
+
+
+def _utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What the worker accepts beyond the record model: size and plausible dates."""
+
+    max_record_bytes: int = 64 * 1024
+    min_date: dt.date = dt.date(2000, 1, 1)
+    future_skew_days: int = 2
+    dead_letter_payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES
+    clock: Callable[[], dt.date] = field(default=_utc_today, compare=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InputLimits:
+        return cls(
+            max_record_bytes=settings.max_record_bytes,
+            min_date=settings.min_date,
+            future_skew_days=settings.future_skew_days,
+            dead_letter_payload_bytes=settings.dead_letter_payload_bytes,
+        )
+
+    def day_bounds(self) -> tuple[int, int]:
+        """First and last acceptable day numbers, by the clock now."""
+        latest = self.clock() + dt.timedelta(days=self.future_skew_days)
+        return day_number(self.min_date), day_number(latest)
+
+
+# ---------------------------------------------------------------------------
+# One record: the reference path
+# ---------------------------------------------------------------------------
+
+
+def encode(record: TelemetryRecord) -> bytes:
+    """Compact UTF-8 JSON: smart as ``{"5": [raw, norm]}`` in ascending ids; empty parts omitted."""
+    return json.dumps(record.to_wire(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(payload: bytes | str | None) -> TelemetryRecord:
+    """Parse one wire message; raise :class:`InvalidRecord` with the precise reason.
+
+    Bytes must be UTF-8 (RFC 8259); any failure to decode, including
+    over-long integers and too-deep nesting, is ``malformed_json``. Duplicate
+    keys: the last one wins (as in every JSON parser the worker uses).
+    """
+    if isinstance(payload, (bytearray, memoryview)):
+        payload = bytes(payload)
+    if payload is None:
+        raise InvalidRecord("tombstone", "the message value is null (a Kafka tombstone)")
+    if not isinstance(payload, (bytes, str)):
+        raise InvalidRecord("malformed_json", f"payload must be bytes or str, got {type(payload).__name__}")
+    if len(payload) == 0:
+        raise InvalidRecord("empty_message", "the message value is empty (0 bytes)")
+    try:
+        text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord("malformed_json", f"not UTF-8: {exc}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, nesting
+        raise InvalidRecord("malformed_json", f"not valid JSON: {str(exc)[:200]}") from None
+    return TelemetryRecord.parse(data)
+
+
+def check_size(payload: bytes | str | None, limits: InputLimits) -> None:
+    """Reject a message over ``max_record_bytes`` before anything parses it."""
+    if payload is not None and len(payload) > limits.max_record_bytes:
+        raise InvalidRecord(
+            "oversized", f"message is {len(payload)} bytes, over max_record_bytes={limits.max_record_bytes}"
+        )
+
+
+def check_day(day: int, bounds: tuple[int, int], limits: InputLimits) -> None:
+    """Reject a day before ``min_date`` or later than the clock allows."""
+    first, last = bounds
+    if day < first:
+        raise InvalidRecord("bad_date", f"date {from_day_number(day)} is before min_date {limits.min_date}")
+    if day > last:
+        raise InvalidRecord(
+            "future_date",
+            f"date {from_day_number(day)} is after the worker's clock + {limits.future_skew_days} days "
+            f"({from_day_number(last)})",
+        )
+
+
+def decode_checked(payload: bytes | str | None, limits: InputLimits | None = None) -> TelemetryRecord:
+    """:func:`decode` plus the worker's :class:`InputLimits`: the reference of :func:`decode_batch`."""
+    limits = limits or InputLimits()
+    check_size(payload, limits)
+    record = decode(payload)
+    check_day(day_number(record.date), limits.day_bounds(), limits)
+    return record
+
+
+# ---------------------------------------------------------------------------
+# A batch: the fast path
+# ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -40,7 +155,7 @@ class WireBatch:
 
     index: list[int] = field(default_factory=list)  # message index of each row
     serials: list[str] = field(default_factory=list)
-    days: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # days since 1970-01-01
+    days: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # days since EPOCH
     models: list[str] = field(default_factory=list)
     values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # float64 [rows, columns], NaN = absent
     errors: list[tuple[int, InvalidRecord]] = field(default_factory=list)  # (message index, why)
@@ -66,7 +181,7 @@ class _DayCache:
             return None
         if len(self.days) >= self.limit:
             self.days.clear()
-        day = (parsed - _EPOCH).days
+        day = (parsed - EPOCH).days
         self.days[text] = day
         return day
 
@@ -74,33 +189,38 @@ class _DayCache:
 _DAYS = _DayCache()
 
 
-def decode_batch(payloads: Sequence[bytes | None], columns: Sequence[tuple[int, str]]) -> WireBatch:
+def decode_batch(
+    payloads: Sequence[bytes | None],
+    columns: Sequence[tuple[int, str]],
+    limits: InputLimits | None = None,
+) -> WireBatch:
     """Decode ``payloads``; ``columns`` are the ``(attribute, "raw"|"normalized")`` values to keep.
 
     Returns the valid rows with ``values[:, j]`` holding ``columns[j]`` (NaN
     when the record lacks it) and, for every rejected payload, the
-    :class:`InvalidRecord` that :meth:`TelemetryRecord.from_json` raised.
+    :class:`InvalidRecord` that :func:`decode_checked` raises for it.
     """
+    limits = limits or InputLimits()
+    bounds = limits.day_bounds()
     wanted = [(str(attr), _RAW if part == "raw" else _NORMALIZED) for attr, part in columns]
     out = WireBatch()
     days: list[int] = []
     rows: list[list[int | float | None]] = []
     for i, payload in enumerate(payloads):
-        fast = _fast(payload, wanted)
-        if fast is not None:
-            serial, day, model, row = fast
-            out.fast += 1
-        else:
-            try:
-                record = TelemetryRecord.from_json(payload if payload is not None else b"")
-            except InvalidRecord as error:
-                out.errors.append((i, error))
-                continue
-            serial, day, model = record.serial_number, (record.date - _EPOCH).days, record.model
-            row = []
-            for attr, part in wanted:
-                value = record.smart.get(int(attr))
-                row.append(None if value is None else value[part])
+        try:
+            check_size(payload, limits)
+            fast = _fast(payload, wanted)
+            if fast is not None:
+                serial, day, model, row = fast
+            else:
+                record = decode(payload)
+                serial, day, model = record.serial_number, day_number(record.date), record.model
+                row = [_part(record, attr, part) for attr, part in wanted]
+            check_day(day, bounds, limits)
+        except InvalidRecord as error:
+            out.errors.append((i, error))
+            continue
+        out.fast += fast is not None
         out.index.append(i)
         out.serials.append(serial)
         out.models.append(model)
@@ -111,11 +231,16 @@ def decode_batch(payloads: Sequence[bytes | None], columns: Sequence[tuple[int, 
     return out
 
 
+def _part(record: TelemetryRecord, attr: str, part: int) -> int | float | None:
+    value = record.smart.get(int(attr))
+    return None if value is None else value[part]
+
+
 def _fast(
     payload: bytes | None, wanted: list[tuple[str, int]]
 ) -> tuple[str, int, str, list[int | float | None]] | None:
-    """The decoded row when the payload is plainly valid; None = ask the full parser."""
-    if payload is None:
+    """The decoded row when the payload is plainly valid; None = ask the reference path."""
+    if not payload:
         return None
     try:
         data = orjson.loads(payload)
@@ -127,8 +252,9 @@ def _fast(
     if (
         type(serial) is not str
         or not 0 < len(serial) <= MAX_SERIAL_LEN
-        or not serial.isprintable()
+        or not serial.isprintable()  # also rules out zero-width characters and the BOM
         or serial != serial.strip()
+        or not (serial.isascii() or unicodedata.is_normalized("NFC", serial))
     ):
         return None
     date = data.get("date")
@@ -167,3 +293,70 @@ def _fast(
         pair = smart.get(attr)
         row.append(None if pair is None else pair[part])
     return serial, day, model, row
+
+
+# ---------------------------------------------------------------------------
+# A table: column-wise encoding for replay
+# ---------------------------------------------------------------------------
+
+
+def _json_string(values: pa.Array) -> pa.Array:
+    """Quote strings for JSON (backslash and quote escaped; control chars become spaces)."""
+    text = pc.replace_substring(values, "\\", "\\\\")
+    text = pc.replace_substring(text, '"', '\\"')
+    text = pc.replace_substring_regex(text, "[\\x00-\\x1f]", " ")
+    return pc.binary_join_element_wise('"', text, '"', "")
+
+
+def _json_number(values: pa.Array) -> pa.Array:
+    """Numbers as JSON text: integral values without a fraction, null as ``null``."""
+    integral = pc.equal(pc.floor(values), values)
+    as_int = pc.cast(pc.cast(values, pa.int64(), safe=False), pa.string())
+    as_float = pc.cast(values, pa.string())
+    text = pc.if_else(pc.fill_null(integral, False), as_int, as_float)
+    return pc.fill_null(text, "null")
+
+
+def encode_table(table: pa.Table) -> list[tuple[bytes, bytes]]:
+    """(key, wire JSON) per row of a cleaned Backblaze reader table.
+
+    Built column-wise with Arrow compute (no Python work per cell): the same
+    bytes :func:`encode` writes, which a test checks.
+    """
+    n = table.num_rows
+    if n == 0:
+        return []
+    pairs: dict[int, list[str | None]] = {}
+    for name in table.column_names:
+        match = SMART_COLUMN.match(name)
+        if match and table[name].null_count < n:
+            pair = pairs.setdefault(int(match.group(1)), [None, None])
+            pair[0 if match.group(2) == "raw" else 1] = name
+    null_text = pa.array(["null"] * n, pa.string())
+    parts = []
+    for attr in sorted(pairs):
+        raw_col, norm_col = pairs[attr]
+        raw = table[raw_col].combine_chunks() if raw_col else pa.nulls(n, pa.float64())
+        norm = table[norm_col].combine_chunks() if norm_col else pa.nulls(n, pa.float64())
+        present = pc.or_(pc.is_valid(raw), pc.is_valid(norm))
+        raw_text = _json_number(raw) if raw_col else null_text
+        norm_text = _json_number(norm) if norm_col else null_text
+        item = pc.binary_join_element_wise(f',"{attr}":[', raw_text, ",", norm_text, "]", "")
+        parts.append(pc.if_else(present, item, ""))
+    # Every present pair starts with a comma; drop the first one. (Arrow's
+    # null_handling="skip" join loses all-null rows, so it is not used.)
+    joined = pc.binary_join_element_wise(*parts, "") if parts else pa.array([""] * n, pa.string())
+    smart = pc.utf8_slice_codeunits(joined, 1)
+    serial = table["serial_number"].combine_chunks()
+    text = pc.binary_join_element_wise(
+        '{"date":"', pc.cast(table["date"].combine_chunks(), pa.string()),
+        '","serial_number":', _json_string(serial),
+        ',"model":', _json_string(table["model"].combine_chunks()),
+        ',"capacity_bytes":', pc.cast(table["capacity_bytes"].combine_chunks(), pa.string()),
+        ',"failure":', pc.cast(table["failure"].combine_chunks(), pa.string()),
+        ',"smart":{', smart, "}}",
+        "",
+    )
+    keys = pc.cast(serial, pa.binary()).to_pylist()
+    values = pc.cast(text, pa.binary()).to_pylist()
+    return list(zip(keys, values, strict=True))

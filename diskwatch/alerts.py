@@ -73,7 +73,7 @@ def alert_table(alerts: list[Alert], *, title: str = "drive alerts") -> Table:
         table.add_column(column, overflow="fold")
     for a in alerts[-30:]:
         reasons = ", ".join(
-            f"{r.feature}={'?' if r.raw_value is None else f'{r.raw_value:g}'} ({r.error_share:.0%})" for r in a.reasons
+            f"{r.feature}={'?' if r.raw_value is None else r.raw_value} ({r.error_share:.0%})" for r in a.reasons
         )
         colour = "red" if a.severity.value == "critical" else "yellow"
         table.add_row(

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
+from diskwatch.core.settings import HORIZON_DAYS, MAX_GAP_DAYS, WINDOW_DAYS
+
 if TYPE_CHECKING:
     from diskwatch.models.windows import WindowConfig as WindowArgs
 
@@ -80,9 +82,9 @@ def _date(value: str | None, flag: str) -> dt.date | None:
 def sequences(
     data: Path = typer.Option(..., "--data", help="Daily CSV folder, quarterly zip, or folder of zips."),
     out: Path = typer.Option(..., "--out", help="Window store directory to write."),
-    window: int = typer.Option(14, help="S: days per window."),
-    horizon: int = typer.Option(7, help="L: label 1 if the drive fails within L days."),
-    max_gap: int = typer.Option(2, help="G: longest gap between reports inside a window."),
+    window: int = typer.Option(WINDOW_DAYS, help="S: days per window."),
+    horizon: int = typer.Option(HORIZON_DAYS, help="L: label 1 if the drive fails within L days."),
+    max_gap: int = typer.Option(MAX_GAP_DAYS, help="G: longest gap between reports inside a window."),
     stride: int = typer.Option(1, help="Days between consecutive windows of a drive."),
     date_from: str | None = typer.Option(None, "--from", help="First day to read (YYYY-MM-DD)."),
     date_to: str | None = typer.Option(None, "--to", help="Last day to read (YYYY-MM-DD)."),
@@ -201,9 +203,9 @@ def _tree_stamp(path: Path) -> list[tuple[str, int, int]]:
 def train(
     data: Path = typer.Option(..., "--data", help="Backblaze dump (CSV folder, zip, folder of zips) or a window store."),
     out: Path = typer.Option(..., "--out", help="Model bundle directory to write."),
-    window: int = typer.Option(14, help="S: days per window."),
-    horizon: int = typer.Option(7, help="L: predict failure within L days."),
-    max_gap: int = typer.Option(2, help="G: longest gap between reports inside a window."),
+    window: int = typer.Option(WINDOW_DAYS, help="S: days per window."),
+    horizon: int = typer.Option(HORIZON_DAYS, help="L: predict failure within L days."),
+    max_gap: int = typer.Option(MAX_GAP_DAYS, help="G: longest gap between reports inside a window."),
     arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm."),
     ae: str = typer.Option("lstm", help="Autoencoder: lstm | conv."),
     epochs: int = typer.Option(20, help="Most epochs per model (early stopping may end sooner)."),
@@ -282,8 +284,8 @@ def tune(
     arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm."),
     trials: int = typer.Option(10, help="Bayesian optimisation trials."),
     epochs: int = typer.Option(5, help="Epochs per trial."),
-    window: int = typer.Option(14, help="Longest window tried (shorter ones are its last steps)."),
-    horizon: int = typer.Option(7, help="L: predict failure within L days."),
+    window: int = typer.Option(WINDOW_DAYS, help="Longest window tried (shorter ones are its last steps)."),
+    horizon: int = typer.Option(HORIZON_DAYS, help="L: predict failure within L days."),
     seed: int = typer.Option(0, help="Seed."),
 ) -> None:
     """Bayesian search (KerasTuner) over learning rate, width, depth and window length."""

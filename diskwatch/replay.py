@@ -2,9 +2,10 @@
 
 Operators backtest a bundle by replaying days into the telemetry topic while a
 worker runs. Rows are read with the training reader (directory, zips; bad
-rows counted per reason) and turned into the compact wire JSON column-wise —
-byte-for-byte what ``TelemetryRecord.to_json`` writes, which a test checks —
-because per-row model validation would cost more than Kafka does. Each day is
+rows counted per reason) and turned into the compact wire JSON column-wise by
+:func:`diskwatch.core.wire.encode_table` — byte-for-byte what
+:func:`diskwatch.core.wire.encode` writes, which a test checks — because
+per-row model validation would cost more than Kafka does. Each day is
 produced keyed by serial, batched and lz4-compressed, and reported done only
 after the broker acknowledged every message of it. ``--from`` the day after
 an interruption reproduces the rest exactly.
@@ -21,12 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from diskwatch.core.dumps import SMART_COLUMN, DumpFilter, ReadStats, iter_days
+from diskwatch.core.dumps import DumpFilter, ReadStats, iter_days
 from diskwatch.core.records import DeadLetter, InvalidRecord
 from diskwatch.core.settings import Settings
+from diskwatch.core.wire import encode_table
 
 
 @dataclass
@@ -56,67 +55,8 @@ class ReplaySummary:
         }
 
 
-def _json_string(values: pa.Array) -> pa.Array:
-    """Quote strings for JSON (backslash and quote escaped; control chars become spaces)."""
-    text = pc.replace_substring(values, "\\", "\\\\")
-    text = pc.replace_substring(text, '"', '\\"')
-    text = pc.replace_substring_regex(text, "[\\x00-\\x1f]", " ")
-    return pc.binary_join_element_wise('"', text, '"', "")
-
-
-def _json_number(values: pa.Array) -> pa.Array:
-    """Numbers as JSON text: integral values without a fraction, null as ``null``."""
-    integral = pc.equal(pc.floor(values), values)
-    as_int = pc.cast(pc.cast(values, pa.int64(), safe=False), pa.string())
-    as_float = pc.cast(values, pa.string())
-    text = pc.if_else(pc.fill_null(integral, False), as_int, as_float)
-    return pc.fill_null(text, "null")
-
-
-def wire_messages(table: pa.Table) -> list[tuple[bytes, bytes]]:
-    """(key, TelemetryRecord wire JSON) per row of a cleaned reader table.
-
-    Built column-wise with Arrow compute (no Python work per cell): the same
-    JSON ``TelemetryRecord.to_json`` writes, up to number formatting, which a
-    test checks by parsing both.
-    """
-    n = table.num_rows
-    if n == 0:
-        return []
-    pairs: dict[int, list[str | None]] = {}
-    for name in table.column_names:
-        match = SMART_COLUMN.match(name)
-        if match and table[name].null_count < n:
-            pair = pairs.setdefault(int(match.group(1)), [None, None])
-            pair[0 if match.group(2) == "raw" else 1] = name
-    null_text = pa.array(["null"] * n, pa.string())
-    parts = []
-    for attr in sorted(pairs):
-        raw_col, norm_col = pairs[attr]
-        raw = table[raw_col].combine_chunks() if raw_col else pa.nulls(n, pa.float64())
-        norm = table[norm_col].combine_chunks() if norm_col else pa.nulls(n, pa.float64())
-        present = pc.or_(pc.is_valid(raw), pc.is_valid(norm))
-        raw_text = _json_number(raw) if raw_col else null_text
-        norm_text = _json_number(norm) if norm_col else null_text
-        item = pc.binary_join_element_wise(f',"{attr}":[', raw_text, ",", norm_text, "]", "")
-        parts.append(pc.if_else(present, item, ""))
-    # Every present pair starts with a comma; drop the first one. (Arrow's
-    # null_handling="skip" join loses all-null rows, so it is not used.)
-    joined = pc.binary_join_element_wise(*parts, "") if parts else pa.array([""] * n, pa.string())
-    smart = pc.utf8_slice_codeunits(joined, 1)
-    serial = table["serial_number"].combine_chunks()
-    text = pc.binary_join_element_wise(
-        '{"date":"', pc.cast(table["date"].combine_chunks(), pa.string()),
-        '","serial_number":', _json_string(serial),
-        ',"model":', _json_string(table["model"].combine_chunks()),
-        ',"capacity_bytes":', pc.cast(table["capacity_bytes"].combine_chunks(), pa.string()),
-        ',"failure":', pc.cast(table["failure"].combine_chunks(), pa.string()),
-        ',"smart":{', smart, "}}",
-        "",
-    )
-    keys = pc.cast(serial, pa.binary()).to_pylist()
-    values = pc.cast(text, pa.binary()).to_pylist()
-    return list(zip(keys, values, strict=True))
+#: Kept for callers of the old name; the encoder lives with the rest of the codec.
+wire_messages = encode_table
 
 
 class Pacer:
@@ -178,7 +118,7 @@ async def replay(
             return None
         rejected = list(stats.rejected)
         stats.rejected.clear()
-        return day, wire_messages(table), rejected, Counter(stats.invalid)
+        return day, encode_table(table), rejected, Counter(stats.invalid)
 
     loop = asyncio.get_running_loop()
     try:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from diskwatch.core.records import Severity
 from diskwatch.models.bundle import Thresholds
 from diskwatch.models.features import FeatureSpec
 from diskwatch.models.inference import Scores
 
-NONE, WARNING, CRITICAL = 0, 1, 2
-SEVERITY_NAMES = {WARNING: "warning", CRITICAL: "critical"}
+# Severity ranks are defined once, by core's Severity (0 = no alert).
+NONE, WARNING, CRITICAL = 0, Severity.WARNING.rank, Severity.CRITICAL.rank
+SEVERITY_NAMES = {level.rank: level.value for level in Severity}
 
 
 def fires(scores: Scores, thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:

@@ -21,15 +21,20 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Day numbers are defined in core (one epoch); re-exported here for the window code's callers.
+from diskwatch.core.records import day_number as day_number
+from diskwatch.core.records import from_day_number as from_day_number
+from diskwatch.core.settings import HORIZON_DAYS, MAX_GAP_DAYS, WINDOW_DAYS
+
 
 class WindowConfig(BaseModel):
     """S (window), L (horizon), G (max gap) and stride, in days."""
 
     model_config = ConfigDict(frozen=True)
 
-    window: int = Field(14, ge=2, le=365)
-    horizon: int = Field(7, ge=0, le=365)
-    max_gap: int = Field(2, ge=1, le=60)
+    window: int = Field(WINDOW_DAYS, ge=2, le=365)
+    horizon: int = Field(HORIZON_DAYS, ge=0, le=365)
+    max_gap: int = Field(MAX_GAP_DAYS, ge=1, le=60)
     stride: int = Field(1, ge=1, le=365)
 
     @model_validator(mode="after")
@@ -37,18 +42,6 @@ class WindowConfig(BaseModel):
         if self.max_gap >= self.window:
             raise ValueError("max_gap must be smaller than window")
         return self
-
-
-_EPOCH = dt.date(1970, 1, 1)
-
-
-def day_number(day: dt.date) -> int:
-    """Days since 1970-01-01: the integer day both sides store and compare."""
-    return (day - _EPOCH).days
-
-
-def from_day_number(number: int) -> dt.date:
-    return _EPOCH + dt.timedelta(days=int(number))
 
 
 def label(days_to_failure: np.ndarray | float, horizon: int) -> np.ndarray:

@@ -31,7 +31,8 @@ import numpy as np
 import orjson
 
 from diskwatch.core.records import Alert, AlertReason, DeadLetter, LifeExpectancy, Severity
-from diskwatch.core.wire import WireBatch, decode_batch
+from diskwatch.core.settings import Settings
+from diskwatch.core.wire import InputLimits, WireBatch, decode_batch
 from diskwatch.models.alerting import life_expectancy, severity, top_reasons
 from diskwatch.models.bundle import Bundle
 from diskwatch.models.inference import Scores
@@ -68,6 +69,8 @@ class PendingBatch:
     windows_scored: int = 0
     duplicates: int = 0
     unscored: dict[str, int] = field(default_factory=dict)  # by reason
+    # (serial, day) -> the batch's exact values of the model columns, for alert reasons
+    reported: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
 
 class BatchProcessor:
@@ -78,8 +81,18 @@ class BatchProcessor:
     a batch is scored; Redis calls stay on the loop.
     """
 
-    def __init__(self, bundle: Bundle, state: WindowState, *, score: bool = True, max_batch: int = 1024) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        state: WindowState,
+        *,
+        score: bool = True,
+        max_batch: int = 1024,
+        limits: InputLimits | None = None,
+    ) -> None:
         self.bundle = bundle
+        # Size and date rules for input; by default from the DISKWATCH_* environment.
+        self.limits = limits or InputLimits.from_settings(Settings())
         self.state = state
         self.spec = bundle.spec
         self.config: WindowConfig = bundle.window
@@ -120,13 +133,14 @@ class BatchProcessor:
             else:
                 pending.unscored[reason] = pending.unscored.get(reason, 0) + 1
         messages = kept
-        batch = decode_batch([m.value for m in messages], self.spec.wire_columns)
+        batch = decode_batch([m.value for m in messages], self.spec.wire_columns, self.limits)
         for i, error in batch.errors:
             message = messages[i]
             pending.dead_letters.append(
                 DeadLetter.from_payload(
                     message.value, error, key=message.key, topic=message.topic,
                     partition=message.partition, offset=message.offset,
+                    max_payload_bytes=self.limits.dead_letter_payload_bytes,
                 )
             )
         return batch, self.spec.transform(batch.values)
@@ -149,6 +163,7 @@ class BatchProcessor:
         metrics.INFERENCE_SECONDS.observe(time.perf_counter() - started)
         metrics.WINDOWS_SCORED.inc(int(ends.size))
         pending.windows_scored = int(ends.size)
+        pending.reported = _reported(batch)
         self._decide(pending, state, owner[ends], state.days[ends], windows, scores)
 
     def _decide(
@@ -171,7 +186,10 @@ class BatchProcessor:
             touched.add(drive)
             level = levels[i]
             if level > current[drive]:
-                pending.alerts.append(self._alert(serial, state.models[drive], end, level, i, scores, windows[i], now))
+                reported = pending.reported.get((serial, end))
+                pending.alerts.append(
+                    self._alert(serial, state.models[drive], end, level, i, scores, windows[i], now, reported)
+                )
             current[drive] = level
         pending.severity = {state.serials[d]: current[d] for d in touched}
         metrics.ALERTS_OUT.inc(len(pending.alerts))
@@ -186,6 +204,7 @@ class BatchProcessor:
         scores: Scores,
         window: np.ndarray,
         now: dt.datetime,
+        reported: np.ndarray | None = None,
     ) -> Alert:
         t = self.bundle.thresholds
         # Rank every feature; the alert names the top ones the drive actually reports.
@@ -203,32 +222,38 @@ class BatchProcessor:
             date=end_date,
             window_start=end_date - dt.timedelta(days=self.config.window - 1),
             window_end=end_date,
-            severity=Severity.CRITICAL if level >= 2 else Severity.WARNING,
+            severity=Severity.from_rank(level),
             failure_probability=_unit(scores.probability[i]),
             anomaly_score=_finite(scores.anomaly[i]),
             classifier_threshold=t.classifier,
             anomaly_threshold=t.autoencoder,
             horizon_days=self.config.horizon,
-            reasons=self._reasons(reasons, window, t.top_reasons),
+            reasons=self._reasons(reasons, window, t.top_reasons, reported),
             life_expectancy=life,
             predicted_days_to_failure=rul if rul is None or np.isfinite(rul) else None,
             bundle_version=self.bundle.version,
             created_at=now,
         )
 
-    def _reasons(self, ranked: list[tuple[int, str, float]], window: np.ndarray, k: int) -> list[AlertReason]:
+    def _reasons(
+        self, ranked: list[tuple[int, str, float]], window: np.ndarray, k: int, reported: np.ndarray | None
+    ) -> list[AlertReason]:
         out = []
         for attr, name, share in ranked:
-            value = self._raw_value(window, name)
+            value = self._raw_value(window, name, reported)
             if value is not None:
                 out.append(AlertReason(attribute=attr, feature=name, raw_value=value, error_share=share))
             if len(out) == k:
                 break
         return out
 
-    def _raw_value(self, window: np.ndarray, name: str) -> float | None:
-        """Latest reported raw value of a feature in the window (inverse transform)."""
+    def _raw_value(self, window: np.ndarray, name: str, reported: np.ndarray | None) -> int | float | None:
+        """Latest raw value of a feature: the record's own when its last day came in this batch,
+        else read back from the stored (float32, transformed) window."""
         j = self.spec.names.index(name)
+        if reported is not None and not np.isnan(reported[j]):
+            exact = float(reported[j])  # float64 holds every integer below 2**53 exactly
+            return int(exact) if exact.is_integer() else exact
         column = window[:, j]
         seen = column[~np.isnan(column)]
         if seen.size == 0:
@@ -276,6 +301,14 @@ def _untrained_device(payload: bytes | None) -> str | None:
     if not isinstance(kind, str) or kind in TRAINED_DEVICE_TYPES:
         return None
     return f"device_type_{kind}" if kind in ("nvme", "scsi") else "device_type_other"
+
+
+def _reported(batch: WireBatch) -> dict[tuple[str, int], np.ndarray]:
+    """(serial, day) -> the batch's decoded model columns; the first copy wins, as in Redis (HSETNX)."""
+    out: dict[tuple[str, int], np.ndarray] = {}
+    for row, key in enumerate(zip(batch.serials, batch.days.tolist(), strict=True)):
+        out.setdefault(key, batch.values[row])
+    return out
 
 
 def _within_reach(state: BatchState, batch: WireBatch, owner: np.ndarray, reach: int) -> np.ndarray:

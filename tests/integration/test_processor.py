@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
 import random
 import uuid
 from pathlib import Path
@@ -116,5 +118,37 @@ def test_bad_messages_become_dead_letters_with_positions(sim_bundle: Path, redis
     ]
     _, letters, _ = asyncio.run(run(sim_bundle, redis_url, [], 10, messages=msgs))
     assert [(x.reason_code, x.source_offset, x.source_partition) for x in letters] == [
-        ("malformed_json", 17, 3), ("bad_failure", 19, 3), ("malformed_json", 20, 3),
+        ("malformed_json", 17, 3), ("bad_failure", 19, 3), ("tombstone", 20, 3),
     ]
+    assert letters[2].payload is None and letters[0].payload == "{oops"
+
+
+def test_alert_reasons_carry_the_records_exact_raw_values(
+    sim_bundle: Path, redis_url: str, records: list[TelemetryRecord]
+) -> None:
+    by_day = {(r.serial_number, r.date): r for r in records}
+    alerts, _, _ = asyncio.run(run(sim_bundle, redis_url, records, 4096))
+    checked = 0
+    for alert in alerts:
+        record = by_day[(alert.serial_number, alert.date)]
+        for reason in alert.reasons:
+            kind = reason.feature.rsplit("_", 1)[1]
+            expected = record.raw(reason.attribute) if kind == "raw" else record.normalized(reason.attribute)
+            if expected is not None:  # else the value came from an earlier day of the window
+                assert reason.raw_value == expected and type(reason.raw_value) is type(expected), reason
+                checked += 1
+    assert checked > 0, "no alert reason to check; the fixture bundle should alert on the simulated fleet"
+
+
+def test_oversized_and_misdated_messages_become_small_dead_letters(sim_bundle: Path, redis_url: str) -> None:
+    big = b'{"date":"2024-01-01","serial_number":"S1","model":"' + b"M" * 100_000 + b'"}'
+    future = TelemetryRecord(date=dt.date(2099, 1, 1), serial_number="S2").to_json()
+    ancient = TelemetryRecord(date=dt.date(1999, 12, 31), serial_number="S3").to_json()
+    msgs = [InMessage(big, b"S1", "t", 0, 1), InMessage(future, b"S2", "t", 0, 2), InMessage(ancient, b"S3", "t", 0, 3),
+            InMessage(b"", None, "t", 0, 4)]
+    _, letters, _ = asyncio.run(run(sim_bundle, redis_url, [], 10, messages=msgs))
+    assert [x.reason_code for x in letters] == ["oversized", "future_date", "bad_date", "empty_message"]
+    first = letters[0]
+    assert first.payload_truncated and first.payload_length == len(big) and len(first.to_json()) < 16_384
+    assert first.payload_sha256 == hashlib.sha256(big).hexdigest()
+    assert not letters[1].payload_truncated and letters[1].original_payload() == future

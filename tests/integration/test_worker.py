@@ -176,7 +176,7 @@ def test_stream_alerts_match_offline_scoring_and_bad_input_goes_to_dlq(
     finally:
         cleanup(sync_redis, stream)
 
-    assert {letter["reason_code"] for letter in letters} >= {"malformed_json", "missing_serial", "bad_normalized",
+    assert {letter["reason_code"] for letter in letters} >= {"malformed_json", "bad_serial", "bad_normalized",
                                                        "bad_raw", "bad_capacity", "unknown_field"}
     assert len(letters) == len(bad)
     assert all(x["source_topic"] == stream.telemetry and x["source_offset"] is not None for x in letters)

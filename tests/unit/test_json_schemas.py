@@ -25,6 +25,8 @@ from diskwatch.core.records import (
     TelemetryRecord,
     json_schemas,
 )
+from diskwatch.core.wire import InputLimits, decode_batch, decode_checked
+from diskwatch.models.features import FeatureSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = REPO / "docs" / "schemas"
@@ -183,3 +185,151 @@ records = st.builds(
 def test_property_every_valid_record_satisfies_schema(record: TelemetryRecord) -> None:
     """The schema is never stricter than the parser for records the parser accepts."""
     validator("telemetry-record").validate(json.loads(record.to_json()))
+
+
+# ---------------------------------------------------------------------------
+# The published schema and the worker's decoder give the same verdict
+# ---------------------------------------------------------------------------
+
+TODAY = dt.date(2024, 6, 1)
+LIMITS = InputLimits(max_record_bytes=1 << 20, clock=lambda: TODAY)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # json.loads would take NaN/Infinity; JSON has none
+
+
+def schema_verdict(payload: bytes) -> bool:
+    """Valid JSON that the published schema accepts, and inside the worker's runtime date rule."""
+    try:
+        data = json.loads(payload, parse_constant=_no_constants)
+    except ValueError:
+        return False
+    if not strict_validator().is_valid(data):
+        return False
+    day = dt.date.fromisoformat(data["date"])  # the schema guarantees a calendar date
+    return LIMITS.min_date <= day <= TODAY + dt.timedelta(days=LIMITS.future_skew_days)
+
+
+def decoder_verdict(payload: bytes) -> bool:
+    batch = decode_batch([payload], FeatureSpec().wire_columns, LIMITS)
+    reference_ok = True
+    try:
+        decode_checked(payload, LIMITS)
+    except InvalidRecord:
+        reference_ok = False
+    assert (len(batch.index) == 1) == reference_ok  # fast and reference path agree too
+    return reference_ok
+
+
+def strict_validator() -> Any:
+    schema = json.loads((SCHEMA_DIR / "telemetry-record.schema.json").read_text())
+    return Validator(schema, format_checker=Validator.FORMAT_CHECKER)
+
+
+def base_record() -> dict[str, Any]:
+    return {
+        "date": "2013-04-10", "serial_number": "Z1F0", "model": "ST3000DM001",
+        "capacity_bytes": 3_000_592_982_016, "failure": 0, "smart": {"5": [8, 100], "194": [25, None]},
+    }
+
+
+# What a hand-written producer (kcat, a script) gets wrong, field by field: the issue's list and neighbours.
+texts = st.lists(
+    st.sampled_from(["Z", "1", " ", "\t", "\n", "\x00", "\x7f", "\u200b", "\ufeff", "\u2060", "\u00a0", "\ud800", "A\u0308", "é"]),
+    max_size=6,
+).map("".join)
+numbers = st.one_of(
+    st.integers(-3, 3), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.booleans(), st.none(),
+    st.sampled_from(["4000787030016", "4e12", "7", "", " 1"]),
+)
+dates = st.one_of(
+    st.dates(dt.date(1990, 1, 1), dt.date(2100, 1, 1)).map(dt.date.isoformat),
+    st.sampled_from([" 2013-04-10", "2013-04-10 ", "2013-04-10\n", "2013-13-01", "20130410", "2013-4-10", "٢٠١٣-04-10"]),
+    st.none(), st.integers(),
+)
+smart_keys = st.one_of(st.sampled_from(["5", "05", " 5", "5\n", "5 ", "x", "٥", "0", "256"]), st.integers(-1, 300).map(str))
+valid_pairs = st.tuples(st.one_of(st.none(), st.integers(0, 10**6)), st.one_of(st.none(), st.integers(0, 255)))
+smart_values = st.one_of(
+    valid_pairs.map(list),
+    st.tuples(numbers, numbers).map(list),
+    st.lists(numbers, max_size=3),
+    st.dictionaries(st.sampled_from(["raw", "normalized"]), numbers, max_size=2),
+    numbers,
+)
+MUTATIONS: dict[str, st.SearchStrategy[Any]] = {
+    "date": dates,
+    "serial_number": st.one_of(texts, st.text(max_size=3), st.integers(), st.none(), st.just("S" * 129)),
+    "model": st.one_of(texts, st.none(), st.integers()),
+    "capacity_bytes": numbers,
+    "failure": numbers,
+    "smart": st.one_of(
+        st.dictionaries(smart_keys, smart_values, min_size=1, max_size=2),
+        st.dictionaries(smart_keys, valid_pairs.map(list), min_size=1, max_size=2),
+        st.one_of(st.none(), st.lists(numbers), st.just({})),
+    ),
+    "extra": st.one_of(st.dictionaries(texts, st.one_of(texts, numbers), max_size=2), st.none()),
+    "temperature": numbers,
+}
+
+
+@st.composite
+def producer_payloads(draw: st.DrawFn, field: str) -> bytes:
+    """A valid record with ``field`` (and maybe one other) replaced or dropped, maybe a key duplicated."""
+    record = base_record()
+    other = draw(st.sampled_from([None] * 4 + sorted(MUTATIONS)), label="other field")
+    for name in dict.fromkeys([field, other] if other else [field]):
+        if draw(st.integers(0, 4), label=f"drop {name}") == 0 and name in record:
+            del record[name]
+        else:
+            record[name] = draw(MUTATIONS[name], label=name)
+    text = json.dumps(record)  # ASCII with \\u escapes: lone surrogates survive
+    if draw(st.booleans(), label="duplicate a key"):  # the first copy of a duplicated key is ignored by both
+        name = draw(st.sampled_from(["serial_number", "date", "capacity_bytes"]))
+        text = "{" + json.dumps(name) + ":" + json.dumps(draw(MUTATIONS[name])) + "," + text[1:]
+    return text.encode()
+
+
+@pytest.mark.parametrize("field", sorted(MUTATIONS))
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_property_schema_and_decoder_agree(field: str, data: st.DataObject) -> None:
+    """The published JSON Schema (plus the documented date window) and the worker decide alike."""
+    payload = data.draw(producer_payloads(field), label="payload")
+    assert schema_verdict(payload) == decoder_verdict(payload), payload
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.binary(max_size=80), st.from_regex(rb'\A\{"date":"2013-04-10","serial_number":.{0,12}\}\Z')))
+def test_property_schema_and_decoder_agree_on_bytes(payload: bytes) -> None:
+    assert schema_verdict(payload) == decoder_verdict(payload), payload
+
+
+@pytest.mark.parametrize(
+    ("change", "accepted"),
+    [
+        ({"capacity_bytes": "4000787030016"}, False),
+        ({"capacity_bytes": "4e12"}, False),
+        ({"capacity_bytes": None}, True),
+        ({"model": None}, True),
+        ({"smart": {"5": {"raw": 3}}}, False),
+        ({"smart": {"5": ["7", None]}}, False),
+        ({"smart": {" 5": [7, None]}}, False),
+        ({"smart": {"5\n": [7, None]}}, False),
+        ({"date": " 2013-04-10"}, False),
+        ({"serial_number": "\ufeffZ1F0\u200b "}, True),
+        ({"date": "2099-01-01"}, False),  # future_date: the runtime rule
+        ({"date": "1999-12-31"}, False),  # bad_date: before min_date
+    ],
+)
+def test_issue_examples_have_one_rule(change: dict[str, Any], accepted: bool) -> None:
+    payload = json.dumps({**base_record(), **change}).encode()
+    assert schema_verdict(payload) is accepted
+    assert decoder_verdict(payload) is accepted
+
+
+def test_duplicate_keys_last_one_wins_everywhere() -> None:
+    payload = b'{"serial_number":"A","date":"2013-04-10","serial_number":"B"}'
+    assert strict_validator().is_valid(json.loads(payload))
+    batch = decode_batch([payload], [], LIMITS)
+    assert batch.serials == ["B"] and decode_checked(payload, LIMITS).serial_number == "B"

@@ -7,9 +7,11 @@ import contextlib
 import csv
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diskwatch.core.records import (
+    DEAD_LETTER_PAYLOAD_BYTES,
+    EPOCH,
     MAX_CAPACITY_BYTES,
     MAX_SMART_RAW,
+    REASON_CODES,
     Alert,
     AlertReason,
     DeadLetter,
@@ -28,6 +33,9 @@ from diskwatch.core.records import (
     Severity,
     SmartValue,
     TelemetryRecord,
+    day_number,
+    from_day_number,
+    normalize_serial,
 )
 
 DAY = dt.date(2013, 4, 10)
@@ -189,8 +197,10 @@ class TestWireJson:
         assert record.smart == {}
         assert record.extra == {}
 
-    def test_smart_object_form_accepted(self) -> None:
-        record = TelemetryRecord.parse(wire(smart={"5": {"raw": 8, "normalized": 100}, "9": {"raw": 1}}))
+    def test_smart_object_form_only_in_python(self) -> None:
+        # The wire has one spelling ([raw, normalized]); Python callers may also pass objects.
+        assert rejected(wire(smart={"5": {"raw": 8, "normalized": 100}})).code == "bad_smart"
+        record = TelemetryRecord(date=DAY, serial_number="S", smart={5: {"raw": 8, "normalized": 100}, 9: {"raw": 1}})
         assert record.smart == {5: SmartValue(raw=8, normalized=100), 9: SmartValue(raw=1)}
         assert record.raw(5) == 8 and record.normalized(5) == 100
         assert record.raw(9) == 1 and record.normalized(9) is None
@@ -423,6 +433,37 @@ class TestBackblazeRow:
 
 
 # ---------------------------------------------------------------------------
+# Serial normalisation, day numbers, severity ranks
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["Z1F0", " Z1F0", "Z1F0\t", "\ufeffZ1F0", "Z1\u200bF0", "\u2060Z1F0\u200d", "\u00a0Z1F0\u3000"],
+)
+def test_invisible_characters_do_not_make_a_new_drive(spelling: str) -> None:
+    assert TelemetryRecord.parse(wire(serial_number=spelling)).serial_number == "Z1F0"
+
+
+def test_serials_are_nfc() -> None:
+    decomposed = "A\u0308B"  # A + combining diaeresis
+    assert TelemetryRecord.parse(wire(serial_number=decomposed)).serial_number == "\u00c4B"
+    assert normalize_serial(decomposed) == normalize_serial("\u00c4B")
+
+
+def test_day_numbers_count_from_the_epoch() -> None:
+    assert dt.date(1970, 1, 1) == EPOCH and day_number(EPOCH) == 0
+    assert from_day_number(day_number(DAY)) == DAY
+
+
+def test_severity_ranks() -> None:
+    assert [s.rank for s in Severity] == [1, 2]
+    assert Severity.from_rank(1) is Severity.WARNING and Severity.from_rank(2) is Severity.CRITICAL
+    with pytest.raises(ValueError):
+        Severity.from_rank(0)
+
+
+# ---------------------------------------------------------------------------
 # Rejections with their exact codes
 # ---------------------------------------------------------------------------
 
@@ -432,9 +473,13 @@ REJECTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("serial empty", wire(serial_number=""), "missing_serial"),
     ("serial whitespace", wire(serial_number=" \t "), "missing_serial"),
     ("serial null", wire(serial_number=None), "missing_serial"),
-    ("serial number", wire(serial_number=12345), "missing_serial"),
-    ("serial too long", wire(serial_number="S" * 129), "missing_serial"),
-    ("serial control char", wire(serial_number="S1\x00"), "missing_serial"),
+    ("serial only invisible", wire(serial_number="\u200b\ufeff "), "missing_serial"),
+    ("serial number", wire(serial_number=12345), "bad_serial"),
+    ("serial list", wire(serial_number=["S1"]), "bad_serial"),
+    ("serial too long", wire(serial_number="S" * 129), "bad_serial"),
+    ("serial 10,000 chars", wire(serial_number="S" * 10_000), "bad_serial"),
+    ("serial control char", wire(serial_number="S1\x00"), "bad_serial"),
+    ("serial inner newline", wire(serial_number="S\n1"), "bad_serial"),
     ("date absent", wire(date=...), "bad_date"),
     ("date month 13", wire(date="2013-13-01"), "bad_date"),
     ("date word", wire(date="yesterday"), "bad_date"),
@@ -443,12 +488,17 @@ REJECTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("date iso week", wire(date="2013-W15-3"), "bad_date"),
     ("date with time", wire(date="2013-04-10T00:00:00"), "bad_date"),
     ("date null", wire(date=None), "bad_date"),
+    ("date padded", wire(date=" 2013-04-10"), "bad_date"),
+    ("date trailing newline", wire(date="2013-04-10\n"), "bad_date"),
+    ("date unicode digits", wire(date="٢٠١٣-04-10"), "bad_date"),
     ("raw text", wire(smart={"5": ["abc", None]}), "bad_raw"),
     ("raw negative", wire(smart={"5": [-1, None]}), "bad_raw"),
     ("raw over 64 bits", wire(smart={"5": [MAX_SMART_RAW + 1, None]}), "bad_raw"),
     ("raw bool", wire(smart={"5": [True, None]}), "bad_raw"),
     ("raw list", wire(smart={"5": [[1], None]}), "bad_raw"),
     ("raw underscore digits", wire(smart={"5": ["1_000", None]}), "bad_raw"),
+    ("raw as string", wire(smart={"5": ["7", None]}), "bad_raw"),
+    ("normalized as string", wire(smart={"5": [7, "100"]}), "bad_normalized"),
     ("normalized 256", wire(smart={"5": [0, 256]}), "bad_normalized"),
     ("normalized -1", wire(smart={"5": [0, -1]}), "bad_normalized"),
     ("normalized 3.5", wire(smart={"5": [0, 3.5]}), "bad_normalized"),
@@ -462,6 +512,9 @@ REJECTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("capacity bool", wire(capacity_bytes=True), "bad_capacity"),
     ("capacity fraction", wire(capacity_bytes=1.5), "bad_capacity"),
     ("capacity text", wire(capacity_bytes="big"), "bad_capacity"),
+    ("capacity as string", wire(capacity_bytes="4000787030016"), "bad_capacity"),
+    ("capacity as exponent string", wire(capacity_bytes="4e12"), "bad_capacity"),
+    ("failure as string", wire(failure="1"), "bad_failure"),
     ("model number", wire(model=3), "bad_model"),
     ("extra list", wire(extra=["x"]), "bad_extra"),
     ("extra non-text value", wire(extra={"pod_id": 12}), "bad_extra"),
@@ -477,6 +530,7 @@ REJECTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("smart pair of three", wire(smart={"5": [1, 2, 3]}), "bad_smart"),
     ("smart pair text", wire(smart={"5": "1"}), "bad_smart"),
     ("smart pair unknown key", wire(smart={"5": {"worst": 1}}), "bad_smart"),
+    ("smart pair as object", wire(smart={"5": {"raw": 3}}), "bad_smart"),
 ]
 
 
@@ -493,6 +547,18 @@ def test_rejection_codes(data: dict[str, Any], code: str) -> None:
     assert rejected_json(json.dumps(data)).code == code
 
 
+def test_every_code_is_documented() -> None:
+    """Each code raised in core/ is in REASON_CODES, and the README's table names each one."""
+    core = Path(__file__).resolve().parents[2] / "core"
+    raised = set()
+    for source in core.glob("*.py"):
+        raised |= set(re.findall(r'(?:InvalidRecord|_CodedError)\(\s*"(\w+)"', source.read_text()))
+    assert {code for _, _, code in REJECTIONS} | raised <= set(REASON_CODES)
+    assert {"tombstone", "empty_message", "oversized", "future_date", "bad_serial"} <= raised
+    readme = (core.parent / "README.md").read_text()
+    assert [code for code in REASON_CODES if f"`{code}`" not in readme] == []
+
+
 def test_reasons_are_precise() -> None:
     assert "smart[5]" in rejected(wire(smart={"5": [0, 256]})).reason
     assert "256" in rejected(wire(smart={"5": [0, 256]})).reason
@@ -505,7 +571,7 @@ def test_reasons_are_precise() -> None:
     ("payload", "code"),
     [
         (b'{"date":"2013-04-10","serial_number":', "malformed_json"),
-        (b"", "malformed_json"),
+        (b"", "empty_message"),
         (b"not json", "malformed_json"),
         (b"{'date': '2013-04-10'}", "malformed_json"),
         (b'{"date":"2013-04-10","serial_number":"S\xff\xfe"}', "malformed_json"),  # not UTF-8
@@ -518,7 +584,7 @@ def test_reasons_are_precise() -> None:
         (b'"a string"', "not_an_object"),
         (b"null", "not_an_object"),
         (b"42", "not_an_object"),
-        (b'{"date":"2013-04-10","serial_number":"S\\ud800"}', "missing_serial"),  # lone surrogate
+        (b'{"date":"2013-04-10","serial_number":"S\\ud800"}', "bad_serial"),  # lone surrogate
         (b'{"date":"2013-04-10","serial_number":"S1","model":"\\udfff"}', "bad_model"),
         (b'{"date":"2013-04-10","serial_number":"S1","smart":{"5":[NaN,null]}}', "bad_raw"),
         (b'{"date":"2013-04-10","serial_number":"S1","smart":{"5":[Infinity,null]}}', "bad_raw"),
@@ -529,7 +595,7 @@ def test_payload_rejections(payload: bytes, code: str) -> None:
 
 
 def test_non_bytes_payload_rejected() -> None:
-    assert rejected_json(None).code == "malformed_json"  # type: ignore[arg-type]
+    assert rejected_json(None).code == "tombstone"  # type: ignore[arg-type]
     assert rejected_json(12).code == "malformed_json"  # type: ignore[arg-type]
     assert rejected(["date"]).code == "not_an_object"  # type: ignore[arg-type]
 
@@ -811,8 +877,13 @@ class TestDeadLetter:
 
     def test_str_and_none_payloads(self) -> None:
         assert DeadLetter.from_payload("abc", self.error).original_payload() == b"abc"
-        empty = DeadLetter.from_payload(None, self.error)
+        tombstone = DeadLetter.from_payload(None, self.error)
+        assert tombstone.payload is None and tombstone.original_payload() is None
+        assert tombstone.payload_length == 0 and tombstone.payload_sha256 is None
+        empty = DeadLetter.from_payload(b"", self.error)
         assert empty.payload == "" and empty.original_payload() == b""
+        assert empty.payload_sha256 == hashlib.sha256(b"").hexdigest()
+        assert json.loads(tombstone.to_json())["payload"] is None and json.loads(empty.to_json())["payload"] == ""
 
     def test_surrogate_str_payload_stays_serialisable(self) -> None:
         original = b"a\xff"
@@ -829,6 +900,24 @@ class TestDeadLetter:
         assert again == letter
         assert again.original_payload() == b"\x00\x01\xfe"
         assert json.loads(letter.to_json())["schema_version"] == 1
+
+    def test_large_payload_is_cut_and_identified(self) -> None:
+        payload = bytes(range(256)) * 3200  # ~800 KB of binary: the message that stalled the worker
+        letter = DeadLetter.from_payload(payload, InvalidRecord("oversized", "x"), key=b"K" * 5000)
+        assert len(letter.to_json()) < 20_000  # far under Kafka's 1 MB default
+        assert letter.payload_truncated and letter.payload_length == len(payload)
+        assert letter.payload_sha256 == hashlib.sha256(payload).hexdigest()
+        assert letter.original_payload() == payload[:DEAD_LETTER_PAYLOAD_BYTES]
+        assert letter.key is not None and len(letter.key) == 1024
+
+    def test_cut_inside_a_character_stays_text(self) -> None:
+        payload = "é".encode() * 10  # 2 bytes per character; a cut at 5 bytes splits one
+        letter = DeadLetter.from_payload(payload, self.error, max_payload_bytes=5)
+        assert (letter.payload, letter.payload_encoding, letter.payload_truncated) == ("éé", "utf-8", True)
+
+    def test_long_reason_is_cut(self) -> None:
+        letter = DeadLetter.from_payload(b"x", InvalidRecord("unknown_field", "f" * 100_000))
+        assert len(letter.reason) == 1024 and not letter.payload_truncated
 
     @FAST
     @given(st.binary(max_size=300))

@@ -1,4 +1,4 @@
-"""Replay's column-wise JSON encoder writes exactly the records the schema would."""
+"""The wire codec's column-wise encoder (replay) writes exactly what its one-record encoder would."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from diskwatch.core.dumps import iter_days
 from diskwatch.core.records import TelemetryRecord
-from diskwatch.replay import wire_messages
+from diskwatch.core.wire import encode, encode_table
 
 HEADER = "date,serial_number,model,capacity_bytes,failure,smart_5_raw,smart_5_normalized,smart_9_raw,smart_241_raw"
 ROWS = [
@@ -22,7 +22,7 @@ def test_encoded_messages_parse_to_the_same_records(tmp_path: Path) -> None:
     path = tmp_path / "2024-01-01.csv"
     path.write_text("\n".join([HEADER, *ROWS]) + "\n")
     [(_, table)] = list(iter_days(tmp_path, None))
-    messages = wire_messages(table)
+    messages = encode_table(table)
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [k for k, _ in messages] == [b"A1", b"B2", b"C3", b"D4"]
@@ -30,10 +30,10 @@ def test_encoded_messages_parse_to_the_same_records(tmp_path: Path) -> None:
         expected = TelemetryRecord.from_backblaze_row(row)
         got = TelemetryRecord.from_json(value)
         assert got == expected.model_copy(update={"failure": expected.failure or 0})
-        assert got.to_json() == value  # byte-identical to the schema's own serialisation
+        assert encode(got) == value  # byte-identical to the codec's one-record encoder
 
 
 def test_empty_table_gives_no_messages(tmp_path: Path) -> None:
     (tmp_path / "2024-01-01.csv").write_text(HEADER + "\n")
     [(_, table)] = list(iter_days(tmp_path, None))
-    assert wire_messages(table) == []
+    assert encode_table(table) == []
