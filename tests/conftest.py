@@ -50,6 +50,79 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # --------------------------------------------------------------------------------------------
+# no process outlives the session
+
+# Seconds a test's child may take to exit after its fixtures finished before it counts as leftover.
+LEFTOVER_GRACE_S = 5.0
+# Helpers that libraries keep for the life of the interpreter on purpose (not a test's process).
+LIBRARY_HELPERS = re.compile(r"multiprocessing\.resource_tracker|multiprocessing\.forkserver|loky")
+
+
+def _descendants(root: int) -> dict[int, tuple[int, str]]:
+    """Live (not zombie) descendants of ``root``: pid -> (process group, command line)."""
+    parent: dict[int, int] = {}
+    info: dict[int, tuple[int, str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] == "Z":
+                continue
+            pid = int(stat.parent.name)
+            parent[pid] = int(fields[1])
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            info[pid] = (int(fields[2]), cmd.strip()[:160])
+        except (OSError, ValueError, IndexError):
+            continue
+    out: dict[int, tuple[int, str]] = {}
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == pid and child not in out and child in info:
+                out[child] = info[child]
+                frontier.append(child)
+    return {pid: v for pid, v in out.items() if not LIBRARY_HELPERS.search(v[1])}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test left a child process behind (and kill it, its group too).
+
+    Fixture finalizers have run by now; what is still alive (a worker a failed test never
+    stopped, a private redis-server) would otherwise keep running and reconnect to the next
+    session's services. Kafka and Redis from deploy/local/stack run in their own sessions
+    under init, so they are never descendants of pytest.
+    """
+    import signal
+    import time
+
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    left = _descendants(os.getpid())
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _descendants(os.getpid())
+    if not left:
+        return
+    own_group = os.getpgid(0)
+    for pid, (pgid, _) in left.items():
+        try:
+            if pgid != own_group:
+                os.killpg(pgid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    lines = "\n".join(f"  pid {pid} (group {pgid}): {cmd}" for pid, (pgid, cmd) in sorted(left.items()))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = f"{len(left)} process(es) left running by the tests were killed:\n{lines}"
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(message, red=True)
+    else:
+        print(message)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --------------------------------------------------------------------------------------------
 # service probes (stdlib only, so they work before any client library is configured)
 
 

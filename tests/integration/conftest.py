@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,32 @@ def sim_bundle(sim_fleet: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     store = WindowStore(build_store(sim_fleet, root / "store", config=WINDOW, seed=2).store)
     config = TrainConfig(epochs=4, width=16, depth=1, latent=4, batch_size=64, seed=2, xgboost=False, rul=False)
     return train(store, root / "bundle", config).bundle
+
+
+@pytest.fixture(autouse=True)
+def stop_workers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Stop every worker a test started, also when it failed (``b.stop()`` may never run).
+
+    On failure it first reports each worker's consumer lag and log tail: lag 0 with records
+    missing from Redis means offsets were committed for work never applied; lag > 0 with an
+    idle worker means a stalled consumer.
+    """
+    from tests.integration.workers import WorkerProcess
+
+    yield
+    report = getattr(request.node, "rep_call", None)
+    failed = report is not None and report.failed
+    for worker in list(WorkerProcess.RUNNING):
+        if failed:
+            lag = worker.stream.total_lag()
+            print(f"\n--- worker {worker.stream.tag} (lag {lag}), log {worker.log} ---\n{worker.output()[-3000:]}")
+        worker.stop(timeout=20)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Keep the call phase's report on the item (read by the ``stop_workers`` fixture)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report

@@ -229,7 +229,7 @@ def test_duplicates_and_shuffled_days_give_identical_windows_and_alerts(
             first = asyncio.run(stream.read(stream.alerts, idle_s=6))
             before = {s: drive_state(sync_redis, stream, sim_bundle, "B-" + s) for s in chosen}
             asyncio.run(stream.produce_records(renamed("B-", records)))  # every record again, later
-            time.sleep(4)
+            wait_for(lambda: stream.total_lag() == 0, 120, "the re-sent records consumed (lag 0)", worker)
             second = asyncio.run(stream.read(stream.alerts, idle_s=6))
             after = {s: drive_state(sync_redis, stream, sim_bundle, "B-" + s) for s in chosen}
     finally:

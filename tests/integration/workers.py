@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import gzip
 import json
@@ -16,10 +17,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
 
 from diskwatch.core.records import TelemetryRecord
 
@@ -46,6 +48,7 @@ class Stream:
     bootstrap: str
     redis_url: str
     partitions: int = 1
+    replication: int = 1
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
 
     @property
@@ -64,6 +67,10 @@ class Stream:
     def prefix(self) -> str:
         return f"test:{self.tag}"
 
+    @property
+    def group(self) -> str:
+        return f"test-group-{self.tag}"
+
     def env(self, **extra: Any) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISKWATCH_")}
         env.update(
@@ -72,7 +79,8 @@ class Stream:
             DISKWATCH_TOPIC_TELEMETRY=self.telemetry,
             DISKWATCH_TOPIC_ALERTS=self.alerts,
             DISKWATCH_TOPIC_DEAD_LETTERS=self.dlq,
-            DISKWATCH_CONSUMER_GROUP=f"test-group-{self.tag}",
+            DISKWATCH_CONSUMER_GROUP=self.group,
+            DISKWATCH_TOPIC_REPLICATION_FACTOR=str(self.replication),
             DISKWATCH_REDIS_KEY_PREFIX=self.prefix,
             DISKWATCH_METRICS_PORT="0",
             DISKWATCH_BATCH_SIZE="256",
@@ -88,7 +96,7 @@ class Stream:
         await admin.start()
         try:
             await admin.create_topics(
-                [NewTopic(t, num_partitions=p, replication_factor=1)
+                [NewTopic(t, num_partitions=p, replication_factor=self.replication)
                  for t, p in ((self.telemetry, self.partitions), (self.alerts, 1), (self.dlq, 1))]
             )
         finally:
@@ -108,6 +116,29 @@ class Stream:
 
     async def produce_records(self, records: Iterable[TelemetryRecord]) -> int:
         return await self.produce((r.serial_number.encode(), r.to_json()) for r in records)
+
+    async def lag(self) -> dict[int, int]:
+        """Per telemetry partition: end offset minus the group's committed offset (all if none)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
+        await admin.start()
+        await consumer.start()
+        try:
+            parts = [TopicPartition(self.telemetry, p) for p in range(self.partitions)]
+            ends = await consumer.end_offsets(parts)
+            committed = await admin.list_consumer_group_offsets(self.group, partitions=parts)
+            done = {tp.partition: max(m.offset, 0) for tp, m in committed.items() if m is not None}
+            return {tp.partition: ends[tp] - done.get(tp.partition, 0) for tp in parts}
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    def total_lag(self) -> int | None:
+        """Sum of :meth:`lag` (None while the broker cannot answer, e.g. during an election)."""
+        try:
+            return sum(asyncio.run(self.lag()).values())
+        except Exception:  # any broker error means "not known yet"
+            return None
 
     async def read(self, topic: str, *, expect: int | None = None, idle_s: float = 3.0,
                    timeout_s: float = 120.0) -> list[dict[str, Any]]:
@@ -135,7 +166,13 @@ class Stream:
 
 
 class WorkerProcess:
-    """`python -m diskwatch worker` in a subprocess with the stream's settings."""
+    """`python -m diskwatch worker` in a subprocess with the stream's settings.
+
+    Every started worker is listed in ``RUNNING`` until stopped, so the autouse fixture in
+    tests/integration/conftest.py stops it (its whole process group) even when a test fails.
+    """
+
+    RUNNING: ClassVar[list[WorkerProcess]] = []
 
     def __init__(self, stream: Stream, bundle: Path, *args: str, **env: Any) -> None:
         self.stream = stream
@@ -152,24 +189,30 @@ class WorkerProcess:
                 cwd=REPO_ROOT, env=self.stream.env(**self.env), stdout=handle, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        WorkerProcess.RUNNING.append(self)
         return self
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no clean shutdown, no final commit."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            _signal_group(self.proc.pid, signal.SIGKILL)  # children too (`--workers N`), even if the leader exited
+            if self.proc.poll() is None:
+                self.proc.wait(10)
+        self._forget()
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.kill()  # whatever of the group is left (a child that ignored SIGTERM) goes now
         return self.proc.returncode
+
+    def _forget(self) -> None:
+        if self in WorkerProcess.RUNNING:
+            WorkerProcess.RUNNING.remove(self)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -182,6 +225,28 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def session_members(sid: int) -> list[int]:
+    """PIDs still in the session ``sid`` (a worker started with ``start_new_session``)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields: state ppid pgrp session ...
+                out.append(int(stat.parent.name))
+    return out
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    """Signal a worker's process group, only while a member of it lives.
+
+    A PID is not reused while a group or session still carries it, so a live member
+    means the group is still ours.
+    """
+    if session_members(pgid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signum)
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
