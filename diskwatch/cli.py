@@ -161,10 +161,30 @@ def synth(
     failure_boost: float | None = typer.Option(None, min=0.0, help="Multiply every model's AFR (default 6)."),
 ) -> None:
     """Simulate a Backblaze-shaped fleet (SIMULATED SMART data with ground truth)."""
-    from diskwatch.training.synth import synth_command
+    from rich.table import Table
 
-    synth_command(drives=drives, days=days, start=start, out=out, seed=seed, compress=compress,
-                  failure_boost=failure_boost)
+    from diskwatch.training.synth import DEFAULT_FAILURE_BOOST, FleetConfig, write_fleet
+
+    first = _date(start, "--start")
+    assert first is not None
+    boost = DEFAULT_FAILURE_BOOST if failure_boost is None else failure_boost
+    config = FleetConfig(drives=drives, days=days, start=first, seed=seed, failure_boost=boost)
+    began = time.perf_counter()
+    summary = write_fleet(config, out, compress=compress, progress=True)
+    seconds = time.perf_counter() - began
+
+    table = Table(title="diskwatch synth (simulated data)", show_header=False)
+    table.add_row("drives", f"{summary.drives:,}")
+    table.add_row("days", f"{summary.days} ({first} .. {config.dates[-1]})")
+    table.add_row("rows", f"{summary.rows:,}")
+    silent = summary.failures - summary.failures_with_precursor
+    table.add_row(
+        "failures", f"{summary.failures} ({summary.failures_with_precursor} with precursors, {silent} silent)"
+    )
+    table.add_row("failure_boost", f"{boost:g}")
+    table.add_row("files", f"{len(summary.files)} daily CSVs + fleet.json in {out}")
+    table.add_row("seconds", f"{seconds:.1f}")
+    console.print(table)
 
 
 def _store_for(
