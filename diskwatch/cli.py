@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from diskwatch.core.errors import DiskwatchError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from diskwatch.models.windows import WindowConfig as WindowArgs
@@ -47,9 +50,9 @@ def schemas(
 @app.command()
 def config() -> None:
     """Print the effective settings (env DISKWATCH_*, env file, defaults); secrets masked."""
-    from diskwatch.core.settings import Settings
+    from diskwatch.core.settings import load_settings
 
-    print(json.dumps(Settings().redacted(), indent=2, sort_keys=True))
+    print(json.dumps(load_settings().redacted(), indent=2, sort_keys=True))
 
 
 @app.command()
@@ -59,10 +62,10 @@ def smoke(
     """Round-trip one telemetry record through the configured Kafka and Redis."""
     import asyncio
 
-    from diskwatch.core.settings import Settings
+    from diskwatch.core.settings import load_settings
     from diskwatch.smoke import run_smoke
 
-    report = asyncio.run(run_smoke(Settings(), timeout=timeout))
+    report = asyncio.run(run_smoke(load_settings(), timeout=timeout))
     for line in report:
         console.print(line)
 
@@ -243,6 +246,7 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
 ) -> None:
     """Train the classifier and autoencoder (+ RUL, + XGBoost baseline) into a model bundle."""
+    quiet_tensorflow()
     from diskwatch.models.windows import WindowConfig
     from diskwatch.training.fit import TrainConfig
     from diskwatch.training.fit import train as fit
@@ -277,20 +281,16 @@ def evaluate(
     models: list[str] = typer.Option([], "--models", help="Keep drive models containing this (repeatable)."),
 ) -> None:
     """Score every window of a dump as the stream would; write metrics.json, plots, report.md."""
+    quiet_tensorflow()
     from diskwatch.core.dumps import DumpFilter
-    from diskwatch.models.bundle import BundleError
     from diskwatch.training.evaluate import evaluate as run
 
     if split not in ("test", "all", "train", "val"):
         raise typer.BadParameter("split must be test, all, train or val", param_hint="--split")
     filters = DumpFilter(date_from=_date(date_from, "--from"), date_to=_date(date_to, "--to"), models=models)
-    try:
-        with _day_progress("scoring") as advance:
-            metrics = run(model, data, out, lead_max=lead_max, split=split, filters=filters,  # type: ignore[arg-type]
-                          on_day=advance)
-    except BundleError as exc:
-        console.print(f"[red]error[/]: {exc}")
-        raise typer.Exit(2) from None
+    with _day_progress("scoring") as advance:
+        metrics = run(model, data, out, lead_max=lead_max, split=split, filters=filters,  # type: ignore[arg-type]
+                      on_day=advance)
     _print_metrics(metrics)
     console.print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
 
@@ -307,6 +307,7 @@ def tune(
     seed: int = typer.Option(0, help="Seed."),
 ) -> None:
     """Bayesian search (KerasTuner) over learning rate, width, depth and window length."""
+    quiet_tensorflow()
     from rich.table import Table
 
     from diskwatch.models.windows import WindowConfig
@@ -327,26 +328,29 @@ def tune(
 
 @app.command()
 def worker(
-    model: Path = typer.Option(..., "--model", help="Model bundle directory (hot-swapped when it changes)."),
+    model: Path | None = typer.Option(
+        None, "--model", help="Model bundle directory (hot-swapped when it changes); default DISKWATCH_MODEL_BUNDLE."
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes in one consumer group."),
     score: bool = typer.Option(True, help="--no-score keeps windows but skips inference (benchmarks)."),
 ) -> None:
     """Consume telemetry, keep windows in Redis, score them, publish alerts and dead letters."""
+    quiet_tensorflow()
     import logging
 
-    from diskwatch.core.settings import Settings
-    from diskwatch.models.bundle import BundleError, read_manifest
+    from diskwatch.core.errors import UsageError
+    from diskwatch.core.settings import load_settings
+    from diskwatch.models.bundle import read_manifest
     from diskwatch.stream.runner import run_worker, run_workers
 
-    try:
-        read_manifest(model)
-    except BundleError as exc:
-        console.print(f"[red]error[/]: {exc}")
-        raise typer.Exit(2) from None
-    settings = Settings()
+    settings = load_settings()
+    model = model or settings.model_bundle
+    if model is None:
+        raise UsageError("no model bundle: pass --model DIR or set DISKWATCH_MODEL_BUNDLE")
+    read_manifest(model)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if workers > 1:
-        raise typer.Exit(run_workers(model, workers, score=score))
+        raise typer.Exit(run_workers(model, workers, score=score, settings=settings))
     run_worker(settings, model, index=0, score=score)
 
 
@@ -366,7 +370,7 @@ def replay(
     import asyncio
 
     from diskwatch.core.dumps import DumpFilter
-    from diskwatch.core.settings import Settings
+    from diskwatch.core.settings import load_settings
     from diskwatch.replay import replay as run
 
     if sum(x is not None and x is not False for x in (speed, rate, max_speed or None)) > 1:
@@ -374,7 +378,7 @@ def replay(
     filters = DumpFilter(date_from=_date(date_from, "--from"), date_to=_date(date_to, "--to"), models=models)
     started = time.monotonic()
     progress_line = _replay_progress()
-    summary = asyncio.run(run(data, Settings(), topic=topic, filters=filters, speed=speed, rate=rate, dlq=dlq,
+    summary = asyncio.run(run(data, load_settings(), topic=topic, filters=filters, speed=speed, rate=rate, dlq=dlq,
                               on_day=progress_line))
     console.print(
         f"replayed {summary.days} days ({summary.first_day}..{summary.last_day}), {summary.records:,} records "
@@ -411,24 +415,30 @@ def alerts(
 
     from rich.live import Live
 
-    from diskwatch.alerts import alert_table, tail_alerts
+    from diskwatch.alerts import alert_table, rows_that_fit, tail_alerts
     from diskwatch.alerts import as_json as to_json
     from diskwatch.core.records import Alert
-    from diskwatch.core.settings import Settings
+    from diskwatch.core.settings import load_settings
 
     async def run() -> None:
-        stream = tail_alerts(Settings(), topic=topic, from_beginning=from_beginning, serial=serial,
+        stream = tail_alerts(load_settings(), topic=topic, from_beginning=from_beginning, serial=serial,
                              idle_timeout=idle_timeout, limit=limit)
         if as_json:
             async for alert in stream:
                 print(to_json(alert), flush=True)
             return
         seen: list[Alert] = []
-        with Live(alert_table(seen), console=Console(), refresh_per_second=4) as live:
+        out = Console()
+
+        def render() -> Any:  # sized to the terminal on every update (it may be resized)
+            return alert_table(seen, title=f"drive alerts ({len(seen)})", width=out.width,
+                               max_rows=rows_that_fit(out.height, reserved=1))
+
+        with Live(render(), console=out, refresh_per_second=4) as live:
             async for alert in stream:
                 if isinstance(alert, Alert):
                     seen.append(alert)
-                    live.update(alert_table(seen, title=f"drive alerts ({len(seen)})"))
+                    live.update(render())
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
@@ -444,10 +454,11 @@ def demo(
     speed: float | None = typer.Option(None, "--speed", help="Replay days per second (default: as fast as possible)."),
 ) -> None:
     """Simulate a fleet, train, stream it through a real worker, show alerts, summarize (needs the stack)."""
-    from diskwatch.core.settings import Settings
+    quiet_tensorflow()
+    from diskwatch.core.settings import load_settings
     from diskwatch.demo import run_demo
 
-    run_demo(Settings(), data=data, drives=drives, days=days, seed=seed, epochs=epochs, speed=speed)
+    run_demo(load_settings(), data=data, drives=drives, days=days, seed=seed, epochs=epochs, speed=speed)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -470,8 +481,44 @@ def _print_metrics(metrics: dict) -> None:
     Console().print(table)
 
 
-def main() -> None:  # console-script entry point
-    app()
+def main() -> None:
+    """Console-script entry point: a user's mistake is one ``error:`` line and exit status 2.
+
+    Library code raises :class:`DiskwatchError` subclasses; this is the one place that turns
+    them (and an unreachable Kafka or Redis) into a message instead of a traceback.
+    """
+    try:
+        app()
+    except Exception as exc:
+        error = exc if isinstance(exc, DiskwatchError) else _unreachable_service(exc)
+        if error is None:
+            raise
+        console.print(f"[red]error[/]: {escape(str(error))}", soft_wrap=True)
+        raise SystemExit(error.exit_code) from None
+
+
+def _unreachable_service(exc: BaseException) -> ServiceUnavailable | None:
+    """Kafka/Redis connection failures from the client libraries, named by the setting that fixes them."""
+    from diskwatch.core.settings import load_settings
+
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    module = type(exc).__module__
+    if module.startswith("aiokafka") and names & {"KafkaConnectionError", "KafkaTimeoutError"}:
+        servers = load_settings().kafka_bootstrap_servers
+        return ServiceUnavailable(
+            f"Kafka is not reachable at {servers} (DISKWATCH_KAFKA_BOOTSTRAP_SERVERS): {exc or type(exc).__name__}"
+        )
+    if module.startswith("redis") and names & {"ConnectionError", "TimeoutError"}:
+        url = load_settings().redacted()["redis_url"]
+        return ServiceUnavailable(f"Redis is not reachable at {url} (DISKWATCH_REDIS_URL): {type(exc).__name__}")
+    return None
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's start-up banners before a command imports it (see diskwatch.core.quiet)."""
+    from diskwatch.core.quiet import quiet_tensorflow as quiet
+
+    quiet()
 
 
 if __name__ == "__main__":
