@@ -40,7 +40,11 @@ async def tail_alerts(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:  # unreachable broker: close it, no 'Unclosed' warning
+        await consumer.stop()
+        raise
     seen = 0
     last = time.monotonic()
     try:

@@ -247,6 +247,9 @@ def train(
 ) -> None:
     """Train the classifier and autoencoder (+ RUL, + XGBoost baseline) into a model bundle."""
     quiet_tensorflow()
+    from pydantic import ValidationError
+
+    from diskwatch.core.errors import UsageError
     from diskwatch.models.windows import WindowConfig
     from diskwatch.training.fit import TrainConfig
     from diskwatch.training.fit import train as fit
@@ -260,8 +263,8 @@ def train(
             healthy_per_positive=healthy_per_positive, time_cutoff=_date(time_split, "--time-split"),
             rul=rul, xgboost=xgboost, seed=seed,
         )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    except ValidationError as exc:
+        raise UsageError(_option_errors(exc)) from None
     store = WindowStore(_store_for(data, config, cache, seed, healthy_fraction))
     if store.config != config and (data / "manifest.json").exists():
         console.print(f"[yellow]using the store's window config {store.config.model_dump()}[/]")
@@ -459,6 +462,16 @@ def demo(
     from diskwatch.demo import run_demo
 
     run_demo(load_settings(), data=data, drives=drives, days=days, seed=seed, epochs=epochs, speed=speed)
+
+
+def _option_errors(exc: Any) -> str:
+    """A pydantic ValidationError of an options model as one line: ``--arch: Input should be ...``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = error.get("loc") or ()
+        option = f"--{str(loc[0]).replace('_', '-')}" if loc else "options"
+        parts.append(f"{option}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from diskwatch.core.errors import ConfigError, DiskwatchError, PortInUse, ServiceUnavailable
@@ -93,7 +94,8 @@ async def connect_and_ensure_topics(
     servers = settings.kafka_bootstrap_servers
     for attempt in range(1, attempts + 1):
         try:
-            return await ensure_topics(settings)
+            with _quiet_logger("aiokafka"):  # its own 'Unable connect' line would double ours
+                return await ensure_topics(settings)
         except (KafkaConnectionError, KafkaTimeoutError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
             if attempt == attempts:
@@ -105,6 +107,17 @@ async def connect_and_ensure_topics(
                         servers, attempt, attempts, backoff_s, reason)
             await asyncio.sleep(backoff_s)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_metrics_port(settings: Settings, index: int = 0) -> int:
