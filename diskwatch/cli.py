@@ -14,14 +14,37 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from diskwatch.core.errors import DiskwatchError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from diskwatch.models.windows import WindowConfig as WindowArgs
+
+
+
+class _Commands(TyperGroup):
+    """The command group, and the one place where a user's mistake becomes a line instead of a traceback.
+
+    Library code raises :class:`DiskwatchError` subclasses; an unreachable Kafka or Redis surfaces
+    as its client library's exception. Either way: ``error: <what to fix>`` and exit status 2.
+    Catching here (not only in :func:`main`) gives ``CliRunner`` tests the same exit codes.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            error = exc if isinstance(exc, DiskwatchError) else _unreachable_service(exc)
+            if error is None:
+                raise
+            console.print(f"[red]error[/]: {escape(str(error))}", soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+
 
 app = typer.Typer(
     name="diskwatch",
@@ -29,6 +52,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    cls=_Commands,
 )
 console = Console(stderr=True)
 
@@ -495,19 +519,8 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def main() -> None:
-    """Console-script entry point: a user's mistake is one ``error:`` line and exit status 2.
-
-    Library code raises :class:`DiskwatchError` subclasses; this is the one place that turns
-    them (and an unreachable Kafka or Redis) into a message instead of a traceback.
-    """
-    try:
-        app()
-    except Exception as exc:
-        error = exc if isinstance(exc, DiskwatchError) else _unreachable_service(exc)
-        if error is None:
-            raise
-        console.print(f"[red]error[/]: {escape(str(error))}", soft_wrap=True)
-        raise SystemExit(error.exit_code) from None
+    """Console-script entry point; user errors end as one line and exit 2 (see :class:`_Commands`)."""
+    app()
 
 
 def _unreachable_service(exc: BaseException) -> ServiceUnavailable | None:

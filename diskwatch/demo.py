@@ -219,6 +219,7 @@ def run_demo(
         alerts = asyncio.run(_stream(data, run_settings, replay_from, cutoff, speed, worker, console, result))
     finally:
         worker.stop()
+        _drop_run(settings, run, console)
     _summarize(data, cutoff, alerts, window.horizon * 2, result)
     _print_summary(console, result, cutoff, last, time.monotonic() - started)
     (workdir / "last-demo.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -265,6 +266,41 @@ async def _stream(
         refresher.cancel()
         live.update(render())
     return alerts
+
+
+def _drop_run(settings: Settings, run: str, console: Console) -> None:
+    """Delete this run's topics (ours and faust's), consumer group and Redis keys: a demo leaves nothing."""
+    try:
+        topics, keys = asyncio.run(_drop_run_async(settings, run))
+    except Exception as exc:  # best effort: the demo's result matters more than its litter
+        console.print(f"[yellow]cleanup of demo-{run}-* failed[/]: {type(exc).__name__}: {exc}")
+        return
+    console.print(f"cleanup: deleted {topics} topics demo-{run}-* and {keys} Redis keys demo:{run}:*")
+
+
+async def _drop_run_async(settings: Settings, run: str) -> tuple[int, int]:
+    import redis.asyncio as aioredis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(f"demo-{run}-")]
+        if topics:
+            await admin.delete_topics(topics)
+        groups = [g[0] for g in await admin.list_consumer_groups() if g[0] == f"demo-{run}"]
+        if groups:
+            await admin.delete_consumer_groups(groups)
+    finally:
+        await admin.close()
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())  # the local stack: no cluster
+    try:
+        keys = [k async for k in client.scan_iter(match=f"demo:{run}*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await client.unlink(*keys[i : i + 1000])
+    finally:
+        await client.aclose()
+    return len(topics), len(keys)
 
 
 async def _refresh(live: Live, render: Any) -> None:
