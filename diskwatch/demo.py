@@ -30,6 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from diskwatch.alerts import alert_table, rows_that_fit, tail_alerts
+from diskwatch.core.errors import DiskwatchError
 from diskwatch.core.records import Alert
 from diskwatch.core.settings import Settings
 from diskwatch.replay import ReplaySummary, replay
@@ -128,6 +129,7 @@ class WorkerProcess:
 
     def __init__(self, bundle: Path, env: dict[str, str], log: Path) -> None:
         self.port = int(env["DISKWATCH_METRICS_PORT"])
+        self.log = log
         with log.open("wb") as handle:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "diskwatch", "worker", "--model", str(bundle)],
@@ -145,12 +147,21 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the worker exited with status {self.proc.returncode}")
+                self.exited()
             body = self.get("/healthz")
             if body and json.loads(body).get("assigned"):
                 return
             time.sleep(0.5)
         raise TimeoutError("the worker did not become ready")
+
+    def exited(self) -> None:
+        """Raise why the worker stopped: its own ``error:`` line (a user error) or the log's tail."""
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        said = [line for line in lines if line.startswith("error:")]
+        if said:
+            raise DiskwatchError(f"the demo's worker stopped: {said[-1].removeprefix('error: ')}")
+        tail = "\n".join(lines[-15:])
+        raise RuntimeError(f"the worker exited with status {self.proc.returncode} (log {self.log}):\n{tail}")
 
     def records_in(self) -> float:
         text = self.get("/metrics") or ""
@@ -258,7 +269,7 @@ async def _stream(
         status["text"] = "waiting for the worker to catch up"
         while worker.records_in() < summary.records:
             if worker.proc.poll() is not None:
-                raise RuntimeError("the worker exited early")
+                worker.exited()
             await asyncio.sleep(0.5)
         await asyncio.sleep(4)  # last alerts in flight
         status["text"] = "done"
@@ -288,9 +299,11 @@ async def _drop_run_async(settings: Settings, run: str) -> tuple[int, int]:
         topics = [t for t in await admin.list_topics() if t.startswith(f"demo-{run}-")]
         if topics:
             await admin.delete_topics(topics)
-        groups = [g[0] for g in await admin.list_consumer_groups() if g[0] == f"demo-{run}"]
-        if groups:
-            await admin.delete_consumer_groups(groups)
+        if any(g[0] == f"demo-{run}" for g in await admin.list_consumer_groups()):
+            from aiokafka.protocol.admin import DeleteGroupsRequest  # no admin method for it in aiokafka
+
+            node = await admin.find_coordinator(f"demo-{run}")
+            await admin._send_request_to_node(node, DeleteGroupsRequest([f"demo-{run}"]))
     finally:
         await admin.close()
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())  # the local stack: no cluster

@@ -144,13 +144,21 @@ def _drop_kafka(topics_before: set[str], groups_before: set[str]) -> dict[str, i
             )
             for chunk in range(0, len(topics), 100):
                 await admin.delete_topics(topics[chunk : chunk + 100])
-            if groups:
-                await admin.delete_consumer_groups(groups)
+            for group in groups:  # aiokafka's admin has no delete_consumer_groups: the raw request
+                await _delete_group(admin, group)
         finally:
             await admin.close()
         return {"kafka_topics": len(topics), "consumer_groups": len(groups)}
 
     return asyncio.run(run())
+
+
+async def _delete_group(admin: Any, group: str) -> None:
+    """DeleteGroups (API 42) at the group's coordinator; a group that still has members is left alone."""
+    from aiokafka.protocol.admin import DeleteGroupsRequest
+
+    node = await admin.find_coordinator(group)
+    await admin._send_request_to_node(node, DeleteGroupsRequest([group]))
 
 
 def _redis_inventory() -> set[bytes]:
@@ -177,11 +185,19 @@ def _drop_redis(keys_before: set[bytes]) -> int:
     return len(new)
 
 
+# Under pytest-xdist (scripts/test: -n 2 --dist loadgroup) each of these modules runs on one worker:
+# they share a fixed resource (the Redis Cluster's ports) or an expensive module-scoped fixture
+# (a trained model, a decoded fleet) that two workers would otherwise each build.
+ONE_WORKER_MODULES = {"test_redis_cluster.py", "test_train_evaluate.py", "test_processor.py"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     integration_dir = Path(__file__).resolve().parent / "integration"
     for item in items:
         if integration_dir in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+        if item.path.name in ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 # --------------------------------------------------------------------------------------------
