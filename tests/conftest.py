@@ -33,6 +33,11 @@ from typing import Any
 
 import pytest
 
+from diskwatch.core.quiet import quiet_tensorflow
+
+# Before any conftest or test module imports TensorFlow: no banner lines in the test output.
+quiet_tensorflow()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK = REPO_ROOT / "deploy" / "local" / "stack"
 HOST = "127.0.0.1"
@@ -43,9 +48,6 @@ TEST_REDIS_DB = int(os.environ.get("DISKWATCH_TEST_REDIS_DB", "15"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from diskwatch.core.quiet import quiet_tensorflow
-
-    quiet_tensorflow()  # no TF banner lines in the test output; real warnings stay
     config.addinivalue_line(
         "markers",
         "integration: needs the local Kafka + Redis started by deploy/local/stack "
@@ -187,7 +189,8 @@ def _drop_redis(keys_before: set[bytes]) -> int:
 
 # Under pytest-xdist (scripts/test: -n 2 --dist loadgroup) each of these modules runs on one worker:
 # they share a fixed resource (the Redis Cluster's ports) or an expensive module-scoped fixture
-# (a trained model, a decoded fleet) that two workers would otherwise each build.
+# (a trained model, a decoded fleet) that two workers would otherwise each build. Every other test
+# is scheduled on its own.
 ONE_WORKER_MODULES = {"test_redis_cluster.py", "test_train_evaluate.py", "test_processor.py"}
 
 
@@ -196,8 +199,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if integration_dir in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
-        if item.path.name in ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` with the groups above, decided from node ids in the controller.
+
+    xdist 3.8's own loadgroup rewrites ``item._nodeid``, which pytest 9 no longer reads, so
+    ``xdist_group`` marks are silently ignored; this scheduler does not depend on that.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).name in ONE_WORKER_MODULES else nodeid
+
+    return ModuleGroups(config, log)
 
 
 # --------------------------------------------------------------------------------------------
