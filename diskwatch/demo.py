@@ -343,7 +343,7 @@ def _summarize(data: Path, cutoff: dt.date, alerts: list[Alert], lead_max: int, 
 
 def _print_summary(console: Console, result: DemoResult, cutoff: dt.date, last: dt.date, seconds: float) -> None:
     d = result.to_dict()
-    table = Table(title=f"backtest {cutoff} .. {last} (after the training period)")
+    table = Table(title=f"backtest {cutoff} .. {last} (after the training period)", show_header=False)
     table.add_column("")
     table.add_column("")
     table.add_row("drives", f"{d['drives']:,}")
