@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from diskwatch.core.errors import DataError, DataNotFound
 from diskwatch.core.records import BASE_COLUMNS, SMART_COLUMN
 
 _DAY_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})\.csv(\.gz)?$")
@@ -80,7 +81,7 @@ def find_days(path: Path | str) -> list[DaySource]:
     """Every daily CSV under ``path`` (files, zips, folders of either), by date."""
     root = Path(path)
     if not root.exists():
-        raise FileNotFoundError(f"no such file or directory: {root}")
+        raise DataNotFound(f"no such file or directory: {root}")
     candidates = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     sources: dict[dt.date, DaySource] = {}
     for file in candidates:
@@ -89,7 +90,7 @@ def find_days(path: Path | str) -> list[DaySource]:
                 with zipfile.ZipFile(file) as archive:
                     members = archive.namelist()
             except zipfile.BadZipFile as exc:
-                raise ValueError(f"{file} is not a readable zip archive: {exc}") from None
+                raise DataError(f"{file} is not a readable zip archive: {exc}") from None
             for member in members:
                 if "__MACOSX" in member:
                     continue
@@ -101,13 +102,13 @@ def find_days(path: Path | str) -> list[DaySource]:
             if day is not None:
                 _add(sources, DaySource(day, file))
     if not sources:
-        raise ValueError(f"no daily YYYY-MM-DD.csv files (plain, .gz or in .zip) under {root}")
+        raise DataError(f"no daily YYYY-MM-DD.csv files (plain, .gz or in .zip) under {root}")
     return [sources[d] for d in sorted(sources)]
 
 
 def _add(sources: dict[dt.date, DaySource], source: DaySource) -> None:
     if source.day in sources:
-        raise ValueError(f"two files for {source.day}: {sources[source.day]} and {source}")
+        raise DataError(f"two files for {source.day}: {sources[source.day]} and {source}")
     sources[source.day] = source
 
 

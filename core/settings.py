@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from diskwatch.core.errors import ConfigError
 
 #: Window defaults (S, L, G in days): the one definition settings, the CLI and WindowConfig use.
 WINDOW_DAYS, HORIZON_DAYS, MAX_GAP_DAYS = 14, 7, 2
@@ -89,15 +91,16 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Windows of drives silent this long expire from Redis."
     )
 
-    # --- Windows and scoring ---------------------------------------------------
-    window_days: int = Field(WINDOW_DAYS, ge=2, le=365, description="S: days per scored window.")
-    horizon_days: int = Field(HORIZON_DAYS, ge=1, le=365, description="L: predict failure within L days.")
-    max_gap_days: int = Field(MAX_GAP_DAYS, ge=1, le=60, description="G: longest tolerated gap inside a window.")
+    # --- Scoring -------------------------------------------------------------
+    # The window (S, L, G) is not a setting: the worker takes it from the bundle, and the
+    # training tools from their --window/--horizon/--max-gap options.
     batch_size: int = Field(512, ge=1, le=100_000, description="Records taken per stream batch.")
     batch_linger_s: float = Field(
         0.5, gt=0, le=60, description="Longest wait to fill a batch before scoring it anyway."
     )
-    model_bundle: Path | None = Field(None, description="Directory of a trained model bundle.")
+    model_bundle: Path | None = Field(
+        None, description="Default of `diskwatch worker --model`: directory of a trained model bundle."
+    )
 
     # --- Input rules (see README: rejection codes) --------------------------------
     max_record_bytes: int = Field(
@@ -129,6 +132,20 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {sorted(allowed)}, got {value!r}")
         return upper
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        entries = [e.strip() for e in value.split(",")]
+        if not any(entries):
+            raise ValueError("is empty; expected host:port[,host:port...]")
+        for entry in entries:
+            host, sep, port = entry.rpartition(":")
+            if not entry or not sep or not host.strip("[]"):
+                raise ValueError(f"expected host:port[,host:port...], got {entry!r}")
+            if not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"port of {entry!r} must be a number in 1..65535")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:
@@ -141,12 +158,6 @@ class Settings(BaseSettings):
     def _client_certificate(self) -> Settings:
         if self.kafka_ssl_certfile is None and (self.kafka_ssl_keyfile or self.kafka_ssl_key_password):
             raise ValueError("kafka_ssl_keyfile/kafka_ssl_key_password need kafka_ssl_certfile")
-        return self
-
-    @model_validator(mode="after")
-    def _horizon_vs_window(self) -> Settings:
-        if self.max_gap_days >= self.window_days:
-            raise ValueError("max_gap_days must be smaller than window_days")
         return self
 
     @property
@@ -190,6 +201,29 @@ class Settings(BaseSettings):
             if getattr(self, name) is not None:
                 data[name] = "**********"
         return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings for a command; a bad value becomes a :class:`ConfigError` naming its variable.
+
+    pydantic's own error is a multi-line report keyed by field name; a user sets
+    ``DISKWATCH_*`` variables, so that is the name the one-line message uses.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_settings_error(exc)) from None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per bad value: ``DISKWATCH_NAME: reason`` (inputs never echoed: they may be secret)."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = error.get("loc") or ()
+        reason = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        name = f"DISKWATCH_{str(loc[0]).upper()}" if loc else "settings"
+        parts.append(f"{name} {reason}" if reason.startswith("is ") else f"{name}: {reason}")
+    return "invalid setting " + "; ".join(parts)
 
 
 _SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token")

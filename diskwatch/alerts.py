@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from diskwatch.core.records import Alert
 from diskwatch.core.settings import Settings
@@ -39,7 +40,11 @@ async def tail_alerts(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:  # unreachable broker: close it, no 'Unclosed' warning
+        await consumer.stop()
+        raise
     seen = 0
     last = time.monotonic()
     try:
@@ -67,20 +72,86 @@ async def tail_alerts(
         await consumer.stop()
 
 
-def alert_table(alerts: list[Alert], *, title: str = "drive alerts") -> Table:
-    table = Table(title=title, expand=False)
-    for column in ("date", "serial", "model", "severity", "P(fail)", "anomaly", "reasons"):
-        table.add_column(column, overflow="fold")
-    for a in alerts[-30:]:
-        reasons = ", ".join(
-            f"{r.feature}={'?' if r.raw_value is None else r.raw_value} ({r.error_share:.0%})" for r in a.reasons
+#: Columns in the order shown; the first four are kept at any width (a date or a serial is
+#: never folded), the others are dropped right to left of DROP_ORDER until the rest fits.
+_ALWAYS = ("date", "serial", "severity", "P(fail)")
+DROP_ORDER = ("anomaly", "model", "reasons")  # least useful first
+_REASONS_MIN = 16  # narrower than this, a reasons column says nothing
+#: Lines a table needs besides its rows: title, top border, header, rule, bottom border.
+TABLE_CHROME_LINES = 5
+
+
+def _reasons(alert: Alert) -> str:
+    return ", ".join(
+        f"{r.feature}={'?' if r.raw_value is None else r.raw_value} ({r.error_share:.0%})" for r in alert.reasons
+    )
+
+
+def _cells(alert: Alert) -> dict[str, str]:
+    colour = "red" if alert.severity.value == "critical" else "yellow"
+    return {
+        "date": alert.date.isoformat(),
+        "serial": alert.serial_number,
+        "model": alert.model,
+        "severity": f"[{colour}]{alert.severity.value}[/]",
+        "P(fail)": f"{alert.failure_probability:.3f}",
+        "anomaly": f"{alert.anomaly_score:.4f}",
+        "reasons": _reasons(alert),
+    }
+
+
+def _visible_width(cell: str) -> int:
+    return Text.from_markup(cell).cell_len
+
+
+def choose_columns(rows: list[dict[str, str]], width: int | None) -> list[str]:
+    """Columns that fit ``width`` terminal cells at their natural width (reasons may be shortened)."""
+    order = ["date", "serial", "model", "severity", "P(fail)", "anomaly", "reasons"]
+    need = {c: max([len(c), *(_visible_width(r[c]) for r in rows)]) for c in order}
+    need["reasons"] = min(need["reasons"], _REASONS_MIN)  # it takes what is left, at least this
+    columns = list(order)
+    if width is None:
+        return columns
+    for victim in DROP_ORDER:
+        if _table_width([need[c] for c in columns]) <= width:
+            break
+        columns.remove(victim)
+    return columns
+
+
+def _table_width(widths: list[int]) -> int:
+    """Cells a boxed rich table takes: each column plus one padding cell either side, plus borders."""
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def alert_table(
+    alerts: list[Alert], *, title: str = "drive alerts", width: int | None = None, max_rows: int = 30
+) -> Table:
+    """The newest ``max_rows`` alerts as a table that fits ``width`` cells (None: any width).
+
+    Dates and serials never wrap; columns that do not fit are dropped, least useful first
+    (anomaly score, then model, then reasons), and reasons are cut with an ellipsis.
+    """
+    shown = alerts[-max_rows:] if max_rows > 0 else []
+    rows = [_cells(a) for a in shown]
+    columns = choose_columns(rows, width)
+    table = Table(title=title, expand=False, width=width if "reasons" in columns else None)
+    for column in columns:
+        fill = column == "reasons" and width is not None
+        table.add_column(
+            column, no_wrap=True, overflow="ellipsis" if column == "reasons" else "crop",
+            ratio=1 if fill else None, justify="right" if column in ("P(fail)", "anomaly") else "left",
         )
-        colour = "red" if a.severity.value == "critical" else "yellow"
-        table.add_row(
-            a.date.isoformat(), a.serial_number, a.model, f"[{colour}]{a.severity.value}[/]",
-            f"{a.failure_probability:.3f}", f"{a.anomaly_score:.4f}", reasons,
-        )
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
+    if len(alerts) > len(shown):
+        table.caption = f"newest {len(shown)} of {len(alerts)}"
     return table
+
+
+def rows_that_fit(height: int, reserved: int = 0) -> int:
+    """How many alert rows fit a terminal of ``height`` lines, besides ``reserved`` other lines."""
+    return max(3, height - TABLE_CHROME_LINES - 1 - reserved)  # 1: the caption
 
 
 def as_json(alert: Alert | dict[str, Any]) -> str:

@@ -14,13 +14,38 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
+from diskwatch.core.errors import DiskwatchError, ServiceUnavailable
 from diskwatch.core.settings import HORIZON_DAYS, MAX_GAP_DAYS, WINDOW_DAYS
 
 if TYPE_CHECKING:
     from diskwatch.models.windows import WindowConfig as WindowArgs
+
+
+
+class _Commands(TyperGroup):
+    """The command group, and the one place where a user's mistake becomes a line instead of a traceback.
+
+    Library code raises :class:`DiskwatchError` subclasses; an unreachable Kafka or Redis surfaces
+    as its client library's exception. Either way: ``error: <what to fix>`` and exit status 2.
+    Catching here (not only in :func:`main`) gives ``CliRunner`` tests the same exit codes.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            error = exc if isinstance(exc, DiskwatchError) else _unreachable_service(exc)
+            if error is None:
+                raise
+            console.print(f"[red]error[/]: {escape(str(error))}", soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+
 
 app = typer.Typer(
     name="diskwatch",
@@ -28,6 +53,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    cls=_Commands,
 )
 console = Console(stderr=True)
 
@@ -49,9 +75,9 @@ def schemas(
 @app.command()
 def config() -> None:
     """Print the effective settings (env DISKWATCH_*, env file, defaults); secrets masked."""
-    from diskwatch.core.settings import Settings
+    from diskwatch.core.settings import load_settings
 
-    print(json.dumps(Settings().redacted(), indent=2, sort_keys=True))
+    print(json.dumps(load_settings().redacted(), indent=2, sort_keys=True))
 
 
 @app.command()
@@ -61,10 +87,10 @@ def smoke(
     """Round-trip one telemetry record through the configured Kafka and Redis."""
     import asyncio
 
-    from diskwatch.core.settings import Settings
+    from diskwatch.core.settings import load_settings
     from diskwatch.smoke import run_smoke
 
-    report = asyncio.run(run_smoke(Settings(), timeout=timeout))
+    report = asyncio.run(run_smoke(load_settings(), timeout=timeout))
     for line in report:
         console.print(line)
 
@@ -163,10 +189,30 @@ def synth(
     failure_boost: float | None = typer.Option(None, min=0.0, help="Multiply every model's AFR (default 6)."),
 ) -> None:
     """Simulate a Backblaze-shaped fleet (SIMULATED SMART data with ground truth)."""
-    from diskwatch.training.synth import synth_command
+    from rich.table import Table
 
-    synth_command(drives=drives, days=days, start=start, out=out, seed=seed, compress=compress,
-                  failure_boost=failure_boost)
+    from diskwatch.training.synth import DEFAULT_FAILURE_BOOST, FleetConfig, write_fleet
+
+    first = _date(start, "--start")
+    assert first is not None
+    boost = DEFAULT_FAILURE_BOOST if failure_boost is None else failure_boost
+    config = FleetConfig(drives=drives, days=days, start=first, seed=seed, failure_boost=boost)
+    began = time.perf_counter()
+    summary = write_fleet(config, out, compress=compress, progress=True)
+    seconds = time.perf_counter() - began
+
+    table = Table(title="diskwatch synth (simulated data)", show_header=False)
+    table.add_row("drives", f"{summary.drives:,}")
+    table.add_row("days", f"{summary.days} ({first} .. {config.dates[-1]})")
+    table.add_row("rows", f"{summary.rows:,}")
+    silent = summary.failures - summary.failures_with_precursor
+    table.add_row(
+        "failures", f"{summary.failures} ({summary.failures_with_precursor} with precursors, {silent} silent)"
+    )
+    table.add_row("failure_boost", f"{boost:g}")
+    table.add_row("files", f"{len(summary.files)} daily CSVs + fleet.json in {out}")
+    table.add_row("seconds", f"{seconds:.1f}")
+    console.print(table)
 
 
 def _store_for(
@@ -225,6 +271,10 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
 ) -> None:
     """Train the classifier and autoencoder (+ RUL, + XGBoost baseline) into a model bundle."""
+    quiet_tensorflow()
+    from pydantic import ValidationError
+
+    from diskwatch.core.errors import UsageError
     from diskwatch.models.windows import WindowConfig
     from diskwatch.training.fit import TrainConfig
     from diskwatch.training.fit import train as fit
@@ -238,8 +288,8 @@ def train(
             healthy_per_positive=healthy_per_positive, time_cutoff=_date(time_split, "--time-split"),
             rul=rul, xgboost=xgboost, seed=seed,
         )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    except ValidationError as exc:
+        raise UsageError(_option_errors(exc)) from None
     store = WindowStore(_store_for(data, config, cache, seed, healthy_fraction))
     if store.config != config and (data / "manifest.json").exists():
         console.print(f"[yellow]using the store's window config {store.config.model_dump()}[/]")
@@ -259,20 +309,16 @@ def evaluate(
     models: list[str] = typer.Option([], "--models", help="Keep drive models containing this (repeatable)."),
 ) -> None:
     """Score every window of a dump as the stream would; write metrics.json, plots, report.md."""
+    quiet_tensorflow()
     from diskwatch.core.dumps import DumpFilter
-    from diskwatch.models.bundle import BundleError
     from diskwatch.training.evaluate import evaluate as run
 
     if split not in ("test", "all", "train", "val"):
         raise typer.BadParameter("split must be test, all, train or val", param_hint="--split")
     filters = DumpFilter(date_from=_date(date_from, "--from"), date_to=_date(date_to, "--to"), models=models)
-    try:
-        with _day_progress("scoring") as advance:
-            metrics = run(model, data, out, lead_max=lead_max, split=split, filters=filters,  # type: ignore[arg-type]
-                          on_day=advance)
-    except BundleError as exc:
-        console.print(f"[red]error[/]: {exc}")
-        raise typer.Exit(2) from None
+    with _day_progress("scoring") as advance:
+        metrics = run(model, data, out, lead_max=lead_max, split=split, filters=filters,  # type: ignore[arg-type]
+                      on_day=advance)
     _print_metrics(metrics)
     console.print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
 
@@ -289,6 +335,7 @@ def tune(
     seed: int = typer.Option(0, help="Seed."),
 ) -> None:
     """Bayesian search (KerasTuner) over learning rate, width, depth and window length."""
+    quiet_tensorflow()
     from rich.table import Table
 
     from diskwatch.models.windows import WindowConfig
@@ -309,26 +356,29 @@ def tune(
 
 @app.command()
 def worker(
-    model: Path = typer.Option(..., "--model", help="Model bundle directory (hot-swapped when it changes)."),
+    model: Path | None = typer.Option(
+        None, "--model", help="Model bundle directory (hot-swapped when it changes); default DISKWATCH_MODEL_BUNDLE."
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes in one consumer group."),
     score: bool = typer.Option(True, help="--no-score keeps windows but skips inference (benchmarks)."),
 ) -> None:
     """Consume telemetry, keep windows in Redis, score them, publish alerts and dead letters."""
+    quiet_tensorflow()
     import logging
 
-    from diskwatch.core.settings import Settings
-    from diskwatch.models.bundle import BundleError, read_manifest
+    from diskwatch.core.errors import UsageError
+    from diskwatch.core.settings import load_settings
+    from diskwatch.models.bundle import read_manifest
     from diskwatch.stream.runner import run_worker, run_workers
 
-    try:
-        read_manifest(model)
-    except BundleError as exc:
-        console.print(f"[red]error[/]: {exc}")
-        raise typer.Exit(2) from None
-    settings = Settings()
+    settings = load_settings()
+    model = model or settings.model_bundle
+    if model is None:
+        raise UsageError("no model bundle: pass --model DIR or set DISKWATCH_MODEL_BUNDLE")
+    read_manifest(model)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if workers > 1:
-        raise typer.Exit(run_workers(model, workers, score=score))
+        raise typer.Exit(run_workers(model, workers, score=score, settings=settings))
     run_worker(settings, model, index=0, score=score)
 
 
@@ -348,7 +398,7 @@ def replay(
     import asyncio
 
     from diskwatch.core.dumps import DumpFilter
-    from diskwatch.core.settings import Settings
+    from diskwatch.core.settings import load_settings
     from diskwatch.replay import replay as run
 
     if sum(x is not None and x is not False for x in (speed, rate, max_speed or None)) > 1:
@@ -356,7 +406,7 @@ def replay(
     filters = DumpFilter(date_from=_date(date_from, "--from"), date_to=_date(date_to, "--to"), models=models)
     started = time.monotonic()
     progress_line = _replay_progress()
-    summary = asyncio.run(run(data, Settings(), topic=topic, filters=filters, speed=speed, rate=rate, dlq=dlq,
+    summary = asyncio.run(run(data, load_settings(), topic=topic, filters=filters, speed=speed, rate=rate, dlq=dlq,
                               on_day=progress_line))
     console.print(
         f"replayed {summary.days} days ({summary.first_day}..{summary.last_day}), {summary.records:,} records "
@@ -393,24 +443,30 @@ def alerts(
 
     from rich.live import Live
 
-    from diskwatch.alerts import alert_table, tail_alerts
+    from diskwatch.alerts import alert_table, rows_that_fit, tail_alerts
     from diskwatch.alerts import as_json as to_json
     from diskwatch.core.records import Alert
-    from diskwatch.core.settings import Settings
+    from diskwatch.core.settings import load_settings
 
     async def run() -> None:
-        stream = tail_alerts(Settings(), topic=topic, from_beginning=from_beginning, serial=serial,
+        stream = tail_alerts(load_settings(), topic=topic, from_beginning=from_beginning, serial=serial,
                              idle_timeout=idle_timeout, limit=limit)
         if as_json:
             async for alert in stream:
                 print(to_json(alert), flush=True)
             return
         seen: list[Alert] = []
-        with Live(alert_table(seen), console=Console(), refresh_per_second=4) as live:
+        out = Console()
+
+        def render() -> Any:  # sized to the terminal on every update (it may be resized)
+            return alert_table(seen, title=f"drive alerts ({len(seen)})", width=out.width,
+                               max_rows=rows_that_fit(out.height, reserved=1))
+
+        with Live(render(), console=out, refresh_per_second=4) as live:
             async for alert in stream:
                 if isinstance(alert, Alert):
                     seen.append(alert)
-                    live.update(alert_table(seen, title=f"drive alerts ({len(seen)})"))
+                    live.update(render())
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
@@ -426,10 +482,21 @@ def demo(
     speed: float | None = typer.Option(None, "--speed", help="Replay days per second (default: as fast as possible)."),
 ) -> None:
     """Simulate a fleet, train, stream it through a real worker, show alerts, summarize (needs the stack)."""
-    from diskwatch.core.settings import Settings
+    quiet_tensorflow()
+    from diskwatch.core.settings import load_settings
     from diskwatch.demo import run_demo
 
-    run_demo(Settings(), data=data, drives=drives, days=days, seed=seed, epochs=epochs, speed=speed)
+    run_demo(load_settings(), data=data, drives=drives, days=days, seed=seed, epochs=epochs, speed=speed)
+
+
+def _option_errors(exc: Any) -> str:
+    """A pydantic ValidationError of an options model as one line: ``--arch: Input should be ...``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = error.get("loc") or ()
+        option = f"--{str(loc[0]).replace('_', '-')}" if loc else "options"
+        parts.append(f"{option}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 @app.command()
@@ -547,8 +614,33 @@ def _print_metrics(metrics: dict) -> None:
     Console().print(table)
 
 
-def main() -> None:  # console-script entry point
+def main() -> None:
+    """Console-script entry point; user errors end as one line and exit 2 (see :class:`_Commands`)."""
     app()
+
+
+def _unreachable_service(exc: BaseException) -> ServiceUnavailable | None:
+    """Kafka/Redis connection failures from the client libraries, named by the setting that fixes them."""
+    from diskwatch.core.settings import load_settings
+
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    module = type(exc).__module__
+    if module.startswith("aiokafka") and names & {"KafkaConnectionError", "KafkaTimeoutError"}:
+        servers = load_settings().kafka_bootstrap_servers
+        return ServiceUnavailable(
+            f"Kafka is not reachable at {servers} (DISKWATCH_KAFKA_BOOTSTRAP_SERVERS): {exc or type(exc).__name__}"
+        )
+    if module.startswith("redis") and names & {"ConnectionError", "TimeoutError"}:
+        url = load_settings().redacted()["redis_url"]
+        return ServiceUnavailable(f"Redis is not reachable at {url} (DISKWATCH_REDIS_URL): {type(exc).__name__}")
+    return None
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's start-up banners before a command imports it (see diskwatch.core.quiet)."""
+    from diskwatch.core.quiet import quiet_tensorflow as quiet
+
+    quiet()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from diskwatch.alerts import alert_table, tail_alerts
+from diskwatch.alerts import alert_table, rows_that_fit, tail_alerts
+from diskwatch.core.errors import DiskwatchError
 from diskwatch.core.records import Alert
 from diskwatch.core.settings import Settings
 from diskwatch.replay import ReplaySummary, replay
@@ -42,7 +43,8 @@ class DemoResult:
     caught: dict[str, int] = field(default_factory=dict)  # serial -> days of warning
     false_alarms: int = 0
     healthy: int = 0
-    alerts: int = 0
+    alerts: int = 0  # alerts dated in the backtest period (what the summary scores)
+    alerts_published: int = 0  # every alert the worker published, history days included
     replay: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +58,7 @@ class DemoResult:
             "healthy_drives": self.healthy,
             "false_alarms": self.false_alarms,
             "alerts": self.alerts,
+            "alerts_published": self.alerts_published,
             "replay": self.replay,
         }
 
@@ -126,6 +129,7 @@ class WorkerProcess:
 
     def __init__(self, bundle: Path, env: dict[str, str], log: Path) -> None:
         self.port = int(env["DISKWATCH_METRICS_PORT"])
+        self.log = log
         with log.open("wb") as handle:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "diskwatch", "worker", "--model", str(bundle)],
@@ -143,12 +147,21 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the worker exited with status {self.proc.returncode}")
+                self.exited()
             body = self.get("/healthz")
             if body and json.loads(body).get("assigned"):
                 return
             time.sleep(0.5)
         raise TimeoutError("the worker did not become ready")
+
+    def exited(self) -> None:
+        """Raise why the worker stopped: its own ``error:`` line (a user error) or the log's tail."""
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        said = [line for line in lines if line.startswith("error:")]
+        if said:
+            raise DiskwatchError(f"the demo's worker stopped: {said[-1].removeprefix('error: ')}")
+        tail = "\n".join(lines[-15:])
+        raise RuntimeError(f"the worker exited with status {self.proc.returncode} (log {self.log}):\n{tail}")
 
     def records_in(self) -> float:
         text = self.get("/metrics") or ""
@@ -214,9 +227,10 @@ def run_demo(
         worker.wait_ready()
         replay_from = cutoff - dt.timedelta(days=window.window + window.max_gap)
         console.print(f"replay: {replay_from} .. {last} into Kafka (history from {replay_from}, scored from {cutoff})")
-        alerts = asyncio.run(_stream(data, run_settings, replay_from, speed, worker, console, result))
+        alerts = asyncio.run(_stream(data, run_settings, replay_from, cutoff, speed, worker, console, result))
     finally:
         worker.stop()
+        _drop_run(settings, run, console)
     _summarize(data, cutoff, alerts, window.horizon * 2, result)
     _print_summary(console, result, cutoff, last, time.monotonic() - started)
     (workdir / "last-demo.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -224,8 +238,8 @@ def run_demo(
 
 
 async def _stream(
-    data: Path, settings: Settings, replay_from: dt.date, speed: float | None, worker: WorkerProcess,
-    console: Console, result: DemoResult,
+    data: Path, settings: Settings, replay_from: dt.date, cutoff: dt.date, speed: float | None,
+    worker: WorkerProcess, console: Console, result: DemoResult,
 ) -> list[Alert]:
     from diskwatch.core.dumps import DumpFilter
 
@@ -233,8 +247,11 @@ async def _stream(
     status = {"text": "starting"}
 
     def render() -> Table:
-        table = alert_table(alerts, title=f"drive alerts ({len(alerts)}) — {status['text']}")
-        return table
+        # Same words as the summary: all published alerts, and those in the backtest period.
+        in_period = sum(a.date >= cutoff for a in alerts)
+        title = f"alerts published: {len(alerts)} ({in_period} from {cutoff}) — {status['text']}"
+        return alert_table(alerts, title=title, width=console.width,
+                           max_rows=rows_that_fit(console.height, reserved=2))
 
     async def collect() -> None:
         async for alert in tail_alerts(settings, from_beginning=True):
@@ -252,7 +269,7 @@ async def _stream(
         status["text"] = "waiting for the worker to catch up"
         while worker.records_in() < summary.records:
             if worker.proc.poll() is not None:
-                raise RuntimeError("the worker exited early")
+                worker.exited()
             await asyncio.sleep(0.5)
         await asyncio.sleep(4)  # last alerts in flight
         status["text"] = "done"
@@ -260,6 +277,43 @@ async def _stream(
         refresher.cancel()
         live.update(render())
     return alerts
+
+
+def _drop_run(settings: Settings, run: str, console: Console) -> None:
+    """Delete this run's topics (ours and faust's), consumer group and Redis keys: a demo leaves nothing."""
+    try:
+        topics, keys = asyncio.run(_drop_run_async(settings, run))
+    except Exception as exc:  # best effort: the demo's result matters more than its litter
+        console.print(f"[yellow]cleanup of demo-{run}-* failed[/]: {type(exc).__name__}: {exc}")
+        return
+    console.print(f"cleanup: deleted {topics} topics demo-{run}-* and {keys} Redis keys demo:{run}:*")
+
+
+async def _drop_run_async(settings: Settings, run: str) -> tuple[int, int]:
+    import redis.asyncio as aioredis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(f"demo-{run}-")]
+        if topics:
+            await admin.delete_topics(topics)
+        if any(g[0] == f"demo-{run}" for g in await admin.list_consumer_groups()):
+            from aiokafka.protocol.admin import DeleteGroupsRequest  # no admin method for it in aiokafka
+
+            node = await admin.find_coordinator(f"demo-{run}")
+            await admin._send_request_to_node(node, DeleteGroupsRequest([f"demo-{run}"]))
+    finally:
+        await admin.close()
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())  # the local stack: no cluster
+    try:
+        keys = [k async for k in client.scan_iter(match=f"demo:{run}*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await client.unlink(*keys[i : i + 1000])
+    finally:
+        await client.aclose()
+    return len(topics), len(keys)
 
 
 async def _refresh(live: Live, render: Any) -> None:
@@ -277,6 +331,7 @@ def _summarize(data: Path, cutoff: dt.date, alerts: list[Alert], lead_max: int, 
     result.drives = len(drives)
     result.failures = len(failed)
     result.alerts = len(scored)
+    result.alerts_published = len(alerts)
     for serial, fail_day in failed.items():
         early = [d for d in first_alert.get(serial, []) if 0 <= (fail_day - d).days <= lead_max]
         if early:
@@ -288,7 +343,7 @@ def _summarize(data: Path, cutoff: dt.date, alerts: list[Alert], lead_max: int, 
 
 def _print_summary(console: Console, result: DemoResult, cutoff: dt.date, last: dt.date, seconds: float) -> None:
     d = result.to_dict()
-    table = Table(title=f"backtest {cutoff} .. {last} (after the training period)")
+    table = Table(title=f"backtest {cutoff} .. {last} (after the training period)", show_header=False)
     table.add_column("")
     table.add_column("")
     table.add_row("drives", f"{d['drives']:,}")
@@ -296,7 +351,8 @@ def _print_summary(console: Console, result: DemoResult, cutoff: dt.date, last: 
     table.add_row("caught (alert ≤ 2×horizon days before)", f"{d['caught']} of {d['failures']}")
     table.add_row("days of warning (each caught drive)", ", ".join(map(str, d["warning_days"])) or "-")
     table.add_row("false alarms (healthy drives alerted)", f"{d['false_alarms']} of {d['healthy_drives']:,}")
-    table.add_row("alerts published", str(d["alerts"]))
+    table.add_row(f"alerts published (from {cutoff})", f"{d['alerts']} (all replayed days: {d['alerts_published']})")
     table.add_row("replay", f"{d['replay'].get('records', 0):,} records in {d['replay'].get('seconds', 0):.1f}s")
     table.add_row("total time", f"{seconds:.0f}s")
+    console.print()  # a blank line: the title would otherwise touch the alert table's border
     console.print(table)

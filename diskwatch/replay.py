@@ -104,7 +104,11 @@ async def replay(
         **settings.kafka_client_options(), acks="all", linger_ms=20, max_batch_size=1 << 20,
         compression_type="lz4", enable_idempotence=True,
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:  # unreachable broker: close it, no 'Unclosed' warning
+        await producer.stop()
+        raise
     pacer = Pacer(speed, rate)
     started = time.monotonic()
     # Read and encode the next day in a thread (Arrow releases the GIL) while

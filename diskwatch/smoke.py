@@ -13,6 +13,20 @@ from diskwatch.core.records import SmartValue, TelemetryRecord
 from diskwatch.core.settings import Settings
 
 
+async def _drop_topic(servers: str, topic: str) -> None:
+    """The smoke topic has served its purpose: a check leaves nothing behind (best effort)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    try:
+        await admin.start()
+        await admin.delete_topics([topic])
+    except Exception:  # a leftover topic is not worth failing the smoke check for
+        pass
+    finally:
+        await admin.close()
+
+
 async def run_smoke(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     """Produce one record to a fresh topic, read it back, and echo it via Redis."""
     record = TelemetryRecord(
@@ -26,7 +40,11 @@ async def run_smoke(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     topic = f"diskwatch-smoke-{uuid.uuid4().hex[:8]}"
     servers = settings.kafka_bootstrap_servers
     producer = AIOKafkaProducer(bootstrap_servers=servers, request_timeout_ms=int(timeout * 1000))
-    await asyncio.wait_for(producer.start(), timeout)
+    try:
+        await asyncio.wait_for(producer.start(), timeout)
+    except BaseException:  # unreachable broker: close it (no 'Unclosed' warning), report upstream
+        await producer.stop()
+        raise
     try:
         meta = await producer.send_and_wait(topic, record.to_json(), key=record.serial_number.encode())
     finally:
@@ -39,6 +57,7 @@ async def run_smoke(settings: Settings, *, timeout: float = 30.0) -> list[str]:
         message = await asyncio.wait_for(consumer.getone(), timeout)
     finally:
         await consumer.stop()
+        await _drop_topic(servers, topic)
     echoed = TelemetryRecord.from_json(message.value)
     if echoed != record:
         raise RuntimeError("Kafka returned a different record than was sent")

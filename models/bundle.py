@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from diskwatch.core.errors import DiskwatchError
 from diskwatch.models.features import FeatureSpec
 from diskwatch.models.windows import WindowConfig
 
@@ -44,7 +45,7 @@ MANIFEST = "manifest.json"
 MODEL_FILES = {"classifier": "classifier.keras", "autoencoder": "autoencoder.keras", "rul": "rul.keras"}
 
 
-class BundleError(Exception):
+class BundleError(DiskwatchError):
     """A bundle is missing, partial, corrupt or does not fit this code."""
 
 

@@ -10,15 +10,32 @@ exits with the first non-zero status.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
-import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from diskwatch.core.settings import Settings
+from diskwatch.core.errors import ConfigError, DiskwatchError, PortInUse, ServiceUnavailable
+from diskwatch.core.settings import Settings, load_settings
+
+log = logging.getLogger("diskwatch")
+
+#: Tries to reach Kafka before a worker gives up (orchestrators restart it; a person sees why).
+CONNECT_ATTEMPTS = 3
+CONNECT_BACKOFF_S = 2.0
+#: Kafka error codes of CreateTopics that a user fixes with a setting.
+_TOPIC_ERROR_SETTING = {
+    36: None,  # TOPIC_ALREADY_EXISTS: another worker won the race
+    37: "DISKWATCH_TOPIC_PARTITIONS",  # INVALID_PARTITIONS
+    38: "DISKWATCH_TOPIC_REPLICATION_FACTOR",  # INVALID_REPLICATION_FACTOR (more than the brokers)
+    29: "DISKWATCH_KAFKA_SASL_USERNAME",  # TOPIC_AUTHORIZATION_FAILED
+    17: "DISKWATCH_TOPIC_TELEMETRY / _ALERTS / _DEAD_LETTERS",  # INVALID_TOPIC_EXCEPTION
+}
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -39,27 +56,112 @@ async def ensure_topics(settings: Settings) -> list[str]:
         missing = [t for t in wanted if t not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=settings.topic_replication_factor) for t in missing]
                 )
+                _raise_topic_errors(settings, response)
         return missing
     finally:
         await admin.close()
+
+
+def _raise_topic_errors(settings: Settings, response: object) -> None:
+    """CreateTopics answers errors per topic instead of raising: turn the first into a ConfigError."""
+    for entry in getattr(response, "topic_errors", ()):
+        topic, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 and entry[2] else f"error code {code}"
+        if code in (0, 36):
+            continue
+        setting = _TOPIC_ERROR_SETTING.get(code) or "the topic settings (DISKWATCH_TOPIC_*)"
+        raise ConfigError(
+            f"Kafka at {settings.kafka_bootstrap_servers} refused to create topic {topic!r} "
+            f"(partitions={settings.topic_partitions}, replication factor={settings.topic_replication_factor}): "
+            f"{message}; check {setting}"
+        )
+
+
+async def connect_and_ensure_topics(
+    settings: Settings, *, attempts: int = CONNECT_ATTEMPTS, backoff_s: float = CONNECT_BACKOFF_S
+) -> list[str]:
+    """:func:`ensure_topics`, retried a few times with one log line per failed attempt.
+
+    Raises :class:`ServiceUnavailable` naming the setting and the address when Kafka never answers.
+    """
+    import asyncio
+
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    servers = settings.kafka_bootstrap_servers
+    for attempt in range(1, attempts + 1):
+        try:
+            with _quiet_logger("aiokafka"):  # its own 'Unable connect' line would double ours
+                return await ensure_topics(settings)
+        except (KafkaConnectionError, KafkaTimeoutError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            if attempt == attempts:
+                raise ServiceUnavailable(
+                    f"Kafka is not reachable at {servers} (DISKWATCH_KAFKA_BOOTSTRAP_SERVERS) "
+                    f"after {attempts} attempts: {reason}"
+                ) from None
+            log.warning("Kafka at %s not reachable (attempt %d/%d, retrying in %.0fs): %s",
+                        servers, attempt, attempts, backoff_s, reason)
+            await asyncio.sleep(backoff_s)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_metrics_port(settings: Settings, index: int = 0) -> int:
+    """The /metrics port of worker ``index`` (0: off); :class:`PortInUse` if another process holds it.
+
+    Checked before anything starts so that a second worker on the same machine fails with the
+    setting that moves it, not with an ``OSError`` traceback from deep inside the web server.
+    """
+    if not settings.metrics_port:
+        return 0
+    port = settings.metrics_port + index
+    with socket.socket(socket.AF_INET6 if ":" in settings.metrics_host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+        try:
+            probe.bind((settings.metrics_host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError(
+                    f"cannot listen on {settings.metrics_host}:{port} for /metrics: {exc.strerror} "
+                    "(DISKWATCH_METRICS_HOST)"
+                ) from None
+            raise PortInUse(
+                f"metrics port {settings.metrics_host}:{port} is taken (another worker?); "
+                "set DISKWATCH_METRICS_PORT to a free port, or 0 to turn /metrics off"
+                + (f" (worker {index} uses DISKWATCH_METRICS_PORT + {index})" if index else "")
+            ) from None
+    return port
 
 
 def run_worker(settings: Settings, bundle: Path, *, index: int = 0, score: bool = True) -> None:
     """Run one faust worker until stopped (blocks)."""
     import asyncio
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    created = asyncio.run(ensure_topics(settings))
+    from diskwatch.core.quiet import quiet_tensorflow
+
+    quiet_tensorflow()
+    port = check_metrics_port(settings, index)
+    created = asyncio.run(connect_and_ensure_topics(settings))
     if created:
-        logging.getLogger("diskwatch").info("created topics %s", created)
+        log.info("created topics %s", created)
     from diskwatch.stream.app import create_app
 
-    port = settings.metrics_port + index if settings.metrics_port else 0
     app, _ = create_app(settings, bundle, score=score, web_port=port)
-    logging.getLogger("diskwatch").info(
+    log.info(
         "worker %d: kafka %s topic %s → %s (dlq %s), redis %s, metrics :%s",
         index, settings.kafka_bootstrap_servers, settings.topic_telemetry, settings.topic_alerts,
         settings.topic_dead_letters, settings.redacted()["redis_url"], port or "off",
@@ -70,12 +172,19 @@ def run_worker(settings: Settings, bundle: Path, *, index: int = 0, score: bool 
     worker.execute_from_commandline()
 
 
-def run_workers(bundle: Path, workers: int, *, score: bool = True) -> int:
+def run_workers(bundle: Path, workers: int, *, score: bool = True, settings: Settings | None = None) -> int:
     """Start ``workers`` child processes and supervise them; returns an exit code.
 
     Each child runs this module (``python -m diskwatch.stream.runner``), not the CLI: the
     online path starts without the shell, and children read the same environment settings.
+    Kafka and every metrics port are checked first, so a user error stops all before any starts.
     """
+    import asyncio
+
+    settings = settings or load_settings()
+    for index in range(workers):
+        check_metrics_port(settings, index)
+    asyncio.run(connect_and_ensure_topics(settings))
     children: list[subprocess.Popen[bytes]] = []
     for index in range(workers):
         cmd = [sys.executable, "-m", __spec__.name if __spec__ else "diskwatch.stream.runner",
@@ -111,9 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, default=0, help="worker index (metrics port offset)")
     parser.add_argument("--no-score", dest="score", action="store_false", help="keep windows, skip inference")
     args = parser.parse_args(argv)
-    settings = Settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(settings, args.bundle, index=args.index, score=args.score)
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run_worker(settings, args.bundle, index=args.index, score=args.score)
+    except DiskwatchError as exc:
+        print(f"error: worker {args.index}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,13 @@ foreign broker) are used as they are and left running.
 
 Tests under ``tests/integration/`` are marked ``integration`` automatically; deselect them
 with ``-m "not integration"``.
+
+A run cleans up after itself: the controlling pytest process (the only one without
+``-n``; the xdist controller with it) notes at start which services answer and which test
+topics, consumer groups and Redis keys exist, and at the very end deletes the topics and groups
+named ``test-*`` / ``diskwatch-test-*`` and the ``test:*`` keys of the test DB that the run
+created, then stops the services the run started. Fixtures in xdist workers may start a
+service (under a file lock) but never stop one, so no worker pulls the stack from under another.
 """
 
 from __future__ import annotations
@@ -20,10 +27,17 @@ import socket
 import struct
 import subprocess
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from diskwatch.core.quiet import quiet_tensorflow
+
+# Before any conftest or test module imports TensorFlow: no banner lines in the test output.
+quiet_tensorflow()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK = REPO_ROOT / "deploy" / "local" / "stack"
@@ -42,11 +56,176 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def worker_namespace() -> str:
+    """``gw0``, ``gw1``… under pytest-xdist, ``main`` otherwise: part of every test topic and key prefix."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+# Names of what tests create on the shared services (see the module docstring).
+TEST_TOPIC = re.compile(r"^(test-|diskwatch-test-)")
+TEST_KEY_PATTERN = "test:*"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Controller only: remember what answered and existed before the run."""
+    if _is_xdist_worker(session.config):
+        return
+    kafka_up, redis_up = kafka_answers(HOST, _kafka_port()), redis_answers(HOST, _redis_port())
+    try:
+        inventory = _kafka_inventory() if kafka_up else {"topics": set(), "groups": set()}
+        keys = _redis_inventory() if redis_up else set()
+    except Exception as exc:  # cleanup is a courtesy: it must never fail a run
+        warnings.warn(f"test cleanup disabled: cannot list test topics/keys ({exc!r})", stacklevel=1)
+        return
+    session.config.stash[_BEFORE] = {"kafka_up": kafka_up, "redis_up": redis_up, **inventory, "keys": keys}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every test process checks for processes its tests left behind; the controller then
+    (after every xdist worker finished) deletes what the run created and stops what it started."""
+    distributed = session.config.pluginmanager.hasplugin("dsession")
+    if _is_xdist_worker(session.config) or not distributed:
+        _fail_on_leftover_processes(session)
+    if _is_xdist_worker(session.config) or _BEFORE not in session.config.stash:
+        return
+    before = session.config.stash[_BEFORE]
+    removed: dict[str, int] = {}
+    try:
+        if kafka_answers(HOST, _kafka_port()):
+            removed.update(_drop_kafka(before["topics"], before["groups"]))
+        if redis_answers(HOST, _redis_port()):
+            removed["redis_keys"] = _drop_redis(before["keys"])
+    except Exception as exc:  # report, do not fail the run
+        warnings.warn(f"test cleanup failed: {exc!r}", stacklevel=1)
+    session.config.stash[_REMOVED] = removed
+    for name, answers in (("kafka", kafka_answers), ("redis", redis_answers)):
+        port = _kafka_port() if name == "kafka" else _redis_port()
+        if not before[f"{name}_up"] and answers(HOST, port):
+            _stack("down", name)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    removed = config.stash.get(_REMOVED, None)
+    if removed:
+        terminalreporter.write_line(
+            "cleanup: deleted " + ", ".join(f"{n} {what}" for what, n in sorted(removed.items()))
+        )
+
+
+_BEFORE = pytest.StashKey[dict[str, Any]]()
+_REMOVED = pytest.StashKey[dict[str, int]]()
+
+
+def _kafka_inventory() -> dict[str, set[str]]:
+    """Test topics and consumer groups on the local broker now."""
+    import asyncio
+
+    async def run() -> dict[str, set[str]]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{_kafka_port()}")
+        await admin.start()
+        try:
+            topics = {t for t in await admin.list_topics() if TEST_TOPIC.match(t)}
+            groups = {g[0] for g in await admin.list_consumer_groups() if TEST_TOPIC.match(g[0])}
+            return {"topics": topics, "groups": groups}
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def _drop_kafka(topics_before: set[str], groups_before: set[str]) -> dict[str, int]:
+    """Delete the test topics and consumer groups created since the run started."""
+    import asyncio
+
+    async def run() -> dict[str, int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"{HOST}:{_kafka_port()}")
+        await admin.start()
+        try:
+            topics = sorted({t for t in await admin.list_topics() if TEST_TOPIC.match(t)} - topics_before)
+            groups = sorted(
+                {g[0] for g in await admin.list_consumer_groups() if TEST_TOPIC.match(g[0])} - groups_before
+            )
+            for chunk in range(0, len(topics), 100):
+                await admin.delete_topics(topics[chunk : chunk + 100])
+            for group in groups:  # aiokafka's admin has no delete_consumer_groups: the raw request
+                await _delete_group(admin, group)
+        finally:
+            await admin.close()
+        return {"kafka_topics": len(topics), "consumer_groups": len(groups)}
+
+    return asyncio.run(run())
+
+
+async def _delete_group(admin: Any, group: str) -> None:
+    """DeleteGroups (API 42) at the group's coordinator; a group that still has members is left alone."""
+    from aiokafka.protocol.admin import DeleteGroupsRequest
+
+    node = await admin.find_coordinator(group)
+    await admin._send_request_to_node(node, DeleteGroupsRequest([group]))
+
+
+def _redis_inventory() -> set[bytes]:
+    import redis
+
+    client = redis.Redis(host=HOST, port=_redis_port(), db=TEST_REDIS_DB)
+    try:
+        return set(client.scan_iter(match=TEST_KEY_PATTERN, count=1000))
+    finally:
+        client.close()
+
+
+def _drop_redis(keys_before: set[bytes]) -> int:
+    """Delete the ``test:*`` keys of the test DB created since the run started."""
+    import redis
+
+    new = sorted(_redis_inventory() - keys_before)
+    client = redis.Redis(host=HOST, port=_redis_port(), db=TEST_REDIS_DB)
+    try:
+        for chunk in range(0, len(new), 1000):
+            client.unlink(*new[chunk : chunk + 1000])
+    finally:
+        client.close()
+    return len(new)
+
+
+# Under pytest-xdist (scripts/test: -n 2 --dist loadgroup) each of these modules runs on one worker:
+# they share a fixed resource (the Redis Cluster's ports) or an expensive module-scoped fixture
+# (a trained model, a decoded fleet) that two workers would otherwise each build. Every other test
+# is scheduled on its own.
+ONE_WORKER_MODULES = {"test_redis_cluster.py", "test_train_evaluate.py", "test_processor.py"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     integration_dir = Path(__file__).resolve().parent / "integration"
     for item in items:
         if integration_dir in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` with the groups above, decided from node ids in the controller.
+
+    xdist 3.8's own loadgroup rewrites ``item._nodeid``, which pytest 9 no longer reads, so
+    ``xdist_group`` marks are silently ignored; this scheduler does not depend on that.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).name in ONE_WORKER_MODULES else nodeid
+
+    return ModuleGroups(config, log)
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,7 +263,7 @@ def _descendants(root: int) -> dict[int, tuple[int, str]]:
     return {pid: v for pid, v in out.items() if not LIBRARY_HELPERS.search(v[1])}
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+def _fail_on_leftover_processes(session: pytest.Session) -> None:
     """Fail the run if a test left a child process behind (and kill it, its group too).
 
     Fixture finalizers have run by now; what is still alive (a worker a failed test never
@@ -192,13 +371,20 @@ def _stack(*args: str) -> str:
     return out
 
 
-def _ensure_service(name: str, answers: bool) -> bool:
-    """Start `name` via the stack script unless it already answers. Returns True if we started it."""
-    if answers:
-        return False
-    out = _stack("up", name)
-    # 'already running' / 'foreign': someone else (a parallel session, the dev) owns it.
-    return not re.search(r"already running|foreign", out)
+def _ensure_service(name: str, answers: Any, port: int) -> None:
+    """Start `name` via the stack script unless it already answers (once, even across xdist workers).
+
+    Stopping is the controller's job (:func:`pytest_sessionfinish`), never a fixture's.
+    """
+    if answers(HOST, port):
+        return
+    from filelock import FileLock
+
+    lock = REPO_ROOT / ".local" / f"test-stack-{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock), timeout=STACK_UP_TIMEOUT_S):
+        if not answers(HOST, port):
+            _stack("up", name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,28 +395,24 @@ def _ensure_service(name: str, answers: bool) -> bool:
 def kafka_bootstrap() -> Iterator[str]:
     """'127.0.0.1:PORT' of a ready single-node Kafka (KRaft) broker."""
     port = _kafka_port()
-    started = _ensure_service("kafka", kafka_answers(HOST, port))
+    _ensure_service("kafka", kafka_answers, port)
     if not kafka_answers(HOST, port):
         pytest.fail(
             f"Kafka is not answering on {HOST}:{port} after `deploy/local/stack up kafka`", pytrace=False
         )
     yield f"{HOST}:{port}"
-    if started:
-        _stack("down", "kafka")
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """redis:// URL of a ready Redis, pointing at the DB index reserved for tests (default 15)."""
     port = _redis_port()
-    started = _ensure_service("redis", redis_answers(HOST, port))
+    _ensure_service("redis", redis_answers, port)
     if not redis_answers(HOST, port):
         pytest.fail(
             f"Redis is not answering on {HOST}:{port} after `deploy/local/stack up redis`", pytrace=False
         )
     yield f"redis://{HOST}:{port}/{TEST_REDIS_DB}"
-    if started:
-        _stack("down", "redis")
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,13 +426,13 @@ def _slug(text: str, limit: int = 40) -> str:
 @pytest.fixture
 def unique_topic(request: pytest.FixtureRequest) -> str:
     """A Kafka topic name no other test (or earlier run) has used: test-<testname>-<uuid>."""
-    return f"test-{_slug(request.node.name)}-{uuid.uuid4().hex[:12]}"
+    return f"test-{worker_namespace()}-{_slug(request.node.name)}-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
 def redis_prefix(request: pytest.FixtureRequest) -> str:
     """Unique key prefix for this test; keys under it are deleted by the redis client fixtures."""
-    return f"test:{_slug(request.node.name)}:{uuid.uuid4().hex[:12]}:"
+    return f"test:{worker_namespace()}:{_slug(request.node.name)}:{uuid.uuid4().hex[:12]}:"
 
 
 @pytest.fixture

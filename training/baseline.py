@@ -4,7 +4,7 @@ As in NVIDIA's predictive-maintenance lab: XGBoost on one drive-day's
 features (the last step of each window, same feature spec and scaling, same
 splits). Its threshold targets the same per-drive false-alarm rate as the
 deep classifier, so the comparison is at equal false alarms. xgboost is an
-optional extra (``pip install diskwatch[baseline]``); without it the
+optional extra (``pip install diskwatch[train]``); without it the
 baseline is skipped and reports say so. Saved in XGBoost's own JSON format —
 no pickles.
 """

@@ -55,7 +55,6 @@ import json
 import math
 import os
 import re
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,7 +65,6 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import typer
 
 from diskwatch.core.records import BASE_COLUMNS, KNOWN_EXTRA_COLUMNS
 
@@ -570,14 +568,43 @@ def _clip_norm(values: np.ndarray, lo: int = 1, hi: int = 253) -> np.ndarray:
     return np.clip(np.rint(values), lo, hi).astype(np.int64)
 
 
-def simulate_day(plan: FleetPlan, day: int, counters: Counters, noise: DayNoise) -> pa.Table:
-    """Rows of day index ``day`` in the Backblaze layout (drive index order)."""
+@dataclass
+class _DayDrives:
+    """The drives that report on one day and what every attribute derives from."""
+
+    idx: np.ndarray  # drive indices present today
+    m: np.ndarray  # their model indices
+    u: np.ndarray  # their static uniforms, (U_*, k)
+    seagate: np.ndarray
+    hgst_like: np.ndarray
+    hours: np.ndarray
+    temp: np.ndarray
+    power_cycles: np.ndarray
+    load_cycles: np.ndarray
+    zeros: np.ndarray
+    hundred: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return int(self.idx.size)
+
+
+_Attributes = tuple[dict[int, np.ndarray], dict[int, np.ndarray]]  # raw, normalized by SMART id
+
+
+def _present_drives(plan: FleetPlan, day: int, noise: DayNoise) -> np.ndarray:
+    """Indices of drives in service today that do not skip the report (a failing drive always reports)."""
     config = plan.config
-    models = config.models
-    date = config.start + dt.timedelta(days=day)
     skip = (noise.missing < config.missing_day_prob) & (plan.fail_day != day)
     present = (plan.join_day <= day) & (day < plan.end_day) & ~skip
-    idx = np.flatnonzero(present)
+    return np.flatnonzero(present)
+
+
+def _day_drives(plan: FleetPlan, day: int, counters: Counters, noise: DayNoise) -> _DayDrives:
+    """Per-drive inputs of the day: vendor family, power-on hours, temperature, cycle counters."""
+    models = plan.config.models
+    date = plan.config.start + dt.timedelta(days=day)
+    idx = _present_drives(plan, day, noise)
     k = idx.size
     m = plan.model_idx[idx]
     u = plan.statics[idx].T
@@ -589,30 +616,35 @@ def simulate_day(plan: FleetPlan, day: int, counters: Counters, noise: DayNoise)
     temp_base += (plan.slot[idx] % 15) / 14.0 * 2.0 - 1.0  # back of the pod runs warmer
     temp = np.rint(temp_base + _seasonal(date) + (0.6 + 0.9 * u[U_TEMP_SD]) * noise.z_temp[idx])
     temp = np.clip(temp, 14, 60).astype(np.int64)
+    return _DayDrives(
+        idx=idx, m=m, u=u, seagate=seagate, hgst_like=hgst_like, hours=hours, temp=temp,
+        power_cycles=counters.power_cycles[idx], load_cycles=counters.load_cycles[idx].astype(np.int64),
+        zeros=np.zeros(k, np.int64), hundred=np.full(k, 100, np.int64),
+    )
 
-    power_cycles = counters.power_cycles[idx]
-    load_cycles = counters.load_cycles[idx].astype(np.int64)
-    zeros = np.zeros(k, np.int64)
-    hundred = np.full(k, 100, np.int64)
 
-    # Error counters: benign constants + precursor walks.
-    prec = plan.prec_row[idx]
+def _error_counters(plan: FleetPlan, day: int, d: _DayDrives) -> dict[int, np.ndarray]:
+    """Error counters: benign constants + the precursor walks of drives heading for failure."""
+    prec = plan.prec_row[d.idx]
     has_prec = np.flatnonzero(prec >= 0)
     err: dict[int, np.ndarray] = {}
     for attr in PRECURSOR_ATTRIBUTES:
-        values = zeros.copy()
+        values = d.zeros.copy()
         if has_prec.size:
             values[has_prec] = plan.prec_values[attr][prec[has_prec], day]
         err[attr] = values
-    err[5] = err[5] + plan.benign5[idx]
-    crc = plan.benign199[idx]
+    err[5] = err[5] + plan.benign5[d.idx]
+    return err
 
+
+def _vendor_attributes(d: _DayDrives, counters: Counters, noise: DayNoise, raw1: np.ndarray) -> _Attributes:
+    """Attributes whose raw/normalized encoding depends on the vendor (1, 2, 3, 7, 8)."""
+    u, seagate, hgst_like = d.u, d.seagate, d.hgst_like
     raw: dict[int, np.ndarray] = {}
     norm: dict[int, np.ndarray] = {}
-    raw1 = np.floor(noise.raw1[idx] * 2.4e8).astype(np.int64)
     norm1_base = 70 + np.floor(u[U_NORM1] * 15)
     raw[1] = np.where(seagate, raw1, 0)
-    norm[1] = np.where(seagate, norm1_base + (noise.jitter[idx] < 0.3), 100).astype(np.int64)
+    norm[1] = np.where(seagate, norm1_base + (noise.jitter[d.idx] < 0.3), 100).astype(np.int64)
     raw[2] = np.where(hgst_like, 96 + np.floor(u[U_PERF2] * 16), 0).astype(np.int64)
     norm[2] = np.where(hgst_like, 128 + np.floor(u[U_PERF2] * 12), 100).astype(np.int64)
     raw[3] = np.select(
@@ -621,65 +653,105 @@ def simulate_day(plan: FleetPlan, day: int, counters: Counters, noise: DayNoise)
     norm[3] = np.select(
         [seagate, hgst_like], [90 + np.floor(u[U_SPIN_NORM] * 10), 130 + np.floor(u[U_SPIN_NORM] * 30)], 100
     ).astype(np.int64)
-    raw[4] = power_cycles + np.where(seagate, 0, 1)
-    norm[4] = hundred
-    raw[5] = err[5]
-    norm[5] = _clip_norm(100 - err[5] / np.where(seagate, 64, 24))
-    raw[7] = np.where(seagate, counters.seeks[idx], 0).astype(np.int64)
+    raw[7] = np.where(seagate, counters.seeks[d.idx], 0).astype(np.int64)
     norm[7] = np.where(seagate, 60 + np.floor(u[U_NORM7] * 30), 100).astype(np.int64)
     raw[8] = np.where(hgst_like, 18 + np.floor(u[U_PERF8] * 26), 0).astype(np.int64)
     norm[8] = np.where(hgst_like, 118 + np.floor(u[U_PERF8] * 20), 100).astype(np.int64)
-    raw[9] = hours
-    norm[9] = _clip_norm(100 - hours / np.where(hgst_like, 8000, 876), 1, 100)
-    raw[10], norm[10] = zeros, hundred
-    raw[12], norm[12] = power_cycles, hundred
-    raw[18], norm[18] = zeros, hundred
-    raw[22], norm[22] = hundred, hundred
-    raw[23], norm[23] = zeros, hundred
-    raw[24], norm[24] = zeros, hundred
-    raw[183], norm[183] = zeros, hundred
-    raw[184], norm[184] = zeros, hundred
+    return raw, norm
+
+
+def _error_attributes(d: _DayDrives, err: dict[int, np.ndarray], crc: np.ndarray) -> _Attributes:
+    """Reallocation, pending, uncorrectable and CRC counters (5, 187, 188, 196-199)."""
+    raw: dict[int, np.ndarray] = {}
+    norm: dict[int, np.ndarray] = {}
+    raw[5] = err[5]
+    norm[5] = _clip_norm(100 - err[5] / np.where(d.seagate, 64, 24))
     raw[187] = err[187]
     norm[187] = _clip_norm(100 - err[187], 1, 100)
     raw[188] = err[188]
     norm[188] = _clip_norm(100 - err[188], 1, 100)
-    raw189 = np.where(u[U_189] < 0.15, 1 + np.floor(u[U_189_N] * 60), 0).astype(np.int64)
-    raw[189], norm[189] = raw189, _clip_norm(100 - raw189, 1, 100)
-    raw[190] = temp
-    norm[190] = 100 - temp
-    raw[191] = np.floor(u[U_191] * u[U_191_N] * 120).astype(np.int64)
-    norm[191] = hundred
-    raw[192] = power_cycles + np.floor(u[U_PC] * 40).astype(np.int64) + np.where(seagate, 0, 200)
-    norm[192] = hundred
-    raw[193] = load_cycles
-    norm[193] = _clip_norm(100 - load_cycles / 6000, 1, 100)
-    raw[194] = temp
-    norm[194] = np.select([seagate, hgst_like], [temp, _clip_norm(6000 / temp)], 100).astype(np.int64)
-    raw[195], norm[195] = raw1, norm[1]
     raw[196] = np.where(err[5] > 0, (err[5] + 1) // 2, 0)
     norm[196] = norm[5]
     raw[197] = err[197]
     norm[197] = _clip_norm(100 - err[197] / 16, 1, 100)
     raw[198] = err[198]
     norm[198] = _clip_norm(100 - err[198] / 16, 1, 100)
-    raw[199], norm[199] = crc, np.full(k, 200, np.int64)
-    raw[200], norm[200] = zeros, hundred
+    raw[199], norm[199] = crc, np.full(d.k, 200, np.int64)
+    return raw, norm
+
+
+def _usage_attributes(d: _DayDrives, counters: Counters) -> _Attributes:
+    """Hours, cycles, temperature and workload counters (4, 9, 12, 190-194, 220-242)."""
+    u, hours, power_cycles, load_cycles, temp, hundred = (
+        d.u, d.hours, d.power_cycles, d.load_cycles, d.temp, d.hundred
+    )
+    raw: dict[int, np.ndarray] = {}
+    norm: dict[int, np.ndarray] = {}
+    raw[4] = power_cycles + np.where(d.seagate, 0, 1)
+    norm[4] = hundred
+    raw[9] = hours
+    norm[9] = _clip_norm(100 - hours / np.where(d.hgst_like, 8000, 876), 1, 100)
+    raw[12], norm[12] = power_cycles, hundred
+    raw189 = np.where(u[U_189] < 0.15, 1 + np.floor(u[U_189_N] * 60), 0).astype(np.int64)
+    raw[189], norm[189] = raw189, _clip_norm(100 - raw189, 1, 100)
+    raw[190] = temp
+    norm[190] = 100 - temp
+    raw[191] = np.floor(u[U_191] * u[U_191_N] * 120).astype(np.int64)
+    norm[191] = hundred
+    raw[192] = power_cycles + np.floor(u[U_PC] * 40).astype(np.int64) + np.where(d.seagate, 0, 200)
+    norm[192] = hundred
+    raw[193] = load_cycles
+    norm[193] = _clip_norm(100 - load_cycles / 6000, 1, 100)
+    raw[194] = temp
+    norm[194] = np.select([d.seagate, d.hgst_like], [temp, _clip_norm(6000 / temp)], 100).astype(np.int64)
     raw[220] = np.floor(u[U_220] * 3e5).astype(np.int64)
     norm[220] = hundred
     raw[222] = np.maximum(hours - np.floor(u[U_222] * 500).astype(np.int64), 0)
     norm[222] = _clip_norm(100 - hours / 1000, 1, 100)
-    raw[223], norm[223] = zeros, hundred
-    raw[224], norm[224] = zeros, hundred
     raw[226] = (500 + np.floor(u[U_226] * 150)).astype(np.int64)
     norm[226] = hundred
     raw[240] = np.floor(hours * (0.93 + 0.06 * u[U_240])).astype(np.int64)
     norm[240] = hundred
-    raw[241] = counters.lba_written[idx].astype(np.int64)
+    raw[241] = counters.lba_written[d.idx].astype(np.int64)
     norm[241] = hundred
-    raw[242] = counters.lba_read[idx].astype(np.int64)
+    raw[242] = counters.lba_read[d.idx].astype(np.int64)
     norm[242] = hundred
+    return raw, norm
 
-    # Validity: what the model reports, minus the occasional empty field.
+
+def _constant_attributes(d: _DayDrives) -> _Attributes:
+    """Attributes that stay at their factory values on a simulated drive."""
+    raw = {a: d.zeros for a in (10, 18, 23, 24, 183, 184, 200, 223, 224)}
+    norm = {a: d.hundred for a in raw}
+    raw[22], norm[22] = d.hundred, d.hundred
+    return raw, norm
+
+
+def _smart_attributes(plan: FleetPlan, day: int, d: _DayDrives, counters: Counters, noise: DayNoise) -> _Attributes:
+    """Raw and normalized values of every simulated SMART attribute, by id."""
+    err = _error_counters(plan, day, d)
+    crc = plan.benign199[d.idx]
+    raw1 = np.floor(noise.raw1[d.idx] * 2.4e8).astype(np.int64)
+    raw: dict[int, np.ndarray] = {}
+    norm: dict[int, np.ndarray] = {}
+    for part_raw, part_norm in (
+        _vendor_attributes(d, counters, noise, raw1),
+        _error_attributes(d, err, crc),
+        _usage_attributes(d, counters),
+        _constant_attributes(d),
+    ):
+        raw.update(part_raw)
+        norm.update(part_norm)
+    raw[195], norm[195] = raw1, norm[1]
+    return raw, norm
+
+
+def _reported_cells(
+    config: FleetConfig, d: _DayDrives, noise: DayNoise, raw: dict[int, np.ndarray], norm: dict[int, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values, valid), both (2 * SMART columns, k): what each model reports, minus the odd empty field."""
+    models = config.models
+    m, idx, k = d.m, d.idx, d.k
     n_smart = 2 * len(SMART_IDS)
     report = _report_matrix(models)
     values = np.zeros((n_smart, k), np.int64)
@@ -698,7 +770,15 @@ def simulate_day(plan: FleetPlan, day: int, counters: Counters, noise: DayNoise)
         for j, cols in enumerate(reported_cols):
             padded[j, : cols.size] = cols
         valid[padded[m[blank_rows], picks], blank_rows] = False
+    return values, valid
 
+
+def _day_table(plan: FleetPlan, day: int, d: _DayDrives, values: np.ndarray, valid: np.ndarray) -> pa.Table:
+    """Assemble the Backblaze-layout table: base and location columns, then the SMART pairs."""
+    config = plan.config
+    models = config.models
+    idx, m, k = d.idx, d.m, d.k
+    date = config.start + dt.timedelta(days=day)
     loc_dc = (plan.vault_seq[idx] * 3 + config.seed) % len(_DATACENTERS)
     dc_names = np.array(_DATACENTERS)[loc_dc]
     arrays: list[pa.Array] = [
@@ -708,19 +788,27 @@ def simulate_day(plan: FleetPlan, day: int, counters: Counters, noise: DayNoise)
         pa.array(np.array([p.capacity_bytes for p in models], np.int64)[m]),
         pa.array((plan.fail_day[idx] == day).astype(np.int64)),
         pa.array(dc_names),
-        pa.array(np.array([_CLUSTERS[d] for d in _DATACENTERS], np.int64)[loc_dc]),
+        pa.array(np.array([_CLUSTERS[name] for name in _DATACENTERS], np.int64)[loc_dc]),
         pa.array(1000 + plan.vault_seq[idx]),
         pa.array(plan.pod[idx]),
         pa.array(plan.slot[idx]),
-        pa.array(zeros),
+        pa.array(d.zeros),
     ]
     any_valid = valid.any(axis=1)
-    for j in range(n_smart):
+    for j in range(values.shape[0]):
         if any_valid[j]:
             arrays.append(pa.array(values[j], mask=~valid[j]))
         else:
             arrays.append(pa.nulls(k, pa.int64()))
     return pa.Table.from_arrays(arrays, names=list(COLUMNS))
+
+
+def simulate_day(plan: FleetPlan, day: int, counters: Counters, noise: DayNoise) -> pa.Table:
+    """Rows of day index ``day`` in the Backblaze layout (drive index order)."""
+    drives = _day_drives(plan, day, counters, noise)
+    raw, norm = _smart_attributes(plan, day, drives, counters, noise)
+    values, valid = _reported_cells(plan.config, drives, noise, raw, norm)
+    return _day_table(plan, day, drives, values, valid)
 
 
 # ---------------------------------------------------------------------------
@@ -898,41 +986,3 @@ def write_fleet(
         failures_with_precursor=counts["failures_with_precursor"],
         files=tuple(files),
     )
-
-
-def synth_command(
-    drives: int = 2000,
-    days: int = 90,
-    start: str = "2024-01-01",
-    out: Path = Path("data/synth"),
-    seed: int = 7,
-    compress: bool = False,
-    failure_boost: float | None = None,
-) -> None:
-    """Simulate a Backblaze-shaped fleet (SIMULATED SMART data with ground truth)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=True)
-    try:
-        first = dt.date.fromisoformat(start)
-    except ValueError:
-        raise typer.BadParameter(f"--start must be YYYY-MM-DD, got {start!r}") from None
-    boost = DEFAULT_FAILURE_BOOST if failure_boost is None else failure_boost
-    config = FleetConfig(drives=drives, days=days, start=first, seed=seed, failure_boost=boost)
-    began = time.perf_counter()
-    summary = write_fleet(config, out, compress=compress, progress=True)
-    seconds = time.perf_counter() - began
-
-    table = Table(title="diskwatch synth (simulated data)", show_header=False)
-    table.add_row("drives", f"{summary.drives:,}")
-    table.add_row("days", f"{summary.days} ({first} .. {config.dates[-1]})")
-    table.add_row("rows", f"{summary.rows:,}")
-    silent = summary.failures - summary.failures_with_precursor
-    table.add_row(
-        "failures", f"{summary.failures} ({summary.failures_with_precursor} with precursors, {silent} silent)"
-    )
-    table.add_row("failure_boost", f"{boost:g}")
-    table.add_row("files", f"{len(summary.files)} daily CSVs + fleet.json in {out}")
-    table.add_row("seconds", f"{seconds:.1f}")
-    console.print(table)

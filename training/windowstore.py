@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diskwatch.core.dumps import DumpFilter, ReadStats, iter_days
+from diskwatch.core.errors import DataError, DataNotFound
 from diskwatch.models.features import FeatureSpec, ScalerStats
 from diskwatch.models.windows import WindowConfig, day_number, from_day_number, label
 from diskwatch.training.sequences import EmittedWindows, SequenceBuilder
@@ -143,7 +144,7 @@ def build_store(
         if on_day is not None:
             on_day(day, table.num_rows)
     if first is None:
-        raise ValueError(f"no rows read from {data} (check the path and the --from/--to/--models filters)")
+        raise DataError(f"no rows read from {data} (check the path and the --from/--to/--models filters)")
     serials = sorted(writer.serial_info)
     failed = np.array([writer.serial_info[s][3] >= 0 for s in serials], dtype=bool)
     splits = assign_splits(serials, failed, fractions=fractions, seed=seed)
@@ -175,10 +176,10 @@ class WindowStore:
         self.root = Path(root)
         manifest_path = self.root / "manifest.json"
         if not manifest_path.exists():
-            raise FileNotFoundError(f"{self.root} is not a window store (no manifest.json)")
+            raise DataNotFound(f"{self.root} is not a window store (no manifest.json)")
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != STORE_FORMAT:
-            raise ValueError(f"unsupported window store format {self.manifest.get('format')}")
+            raise DataError(f"unsupported window store format {self.manifest.get('format')}")
         self.spec = FeatureSpec.model_validate(self.manifest["feature_spec"])
         self.config = WindowConfig.model_validate(self.manifest["window"])
         serials = pq.read_table(self.root / "serials.parquet").to_pydict()

@@ -1,13 +1,20 @@
-"""Fixtures for worker tests: a simulated fleet and a small bundle trained on it."""
+"""Fixtures for worker tests: a simulated fleet and a small bundle trained on it.
+
+Both are built once per test run, even under pytest-xdist: the first worker to need one builds it
+in the run's shared temporary folder under a file lock, the others wait and reuse it.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from diskwatch.models.windows import WindowConfig
 from diskwatch.training.fit import TrainConfig, train
@@ -17,12 +24,28 @@ from diskwatch.training.windowstore import WindowStore, build_store
 WINDOW = WindowConfig(window=7, horizon=5, max_gap=2)
 
 
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``build(folder)`` once per run (shared by xdist workers); later callers get the finished folder."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's popen-gwN
+    target = base / f"shared-{name}"
+    with FileLock(str(target) + ".lock"):
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            build(target)
+            (target / ".complete").touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sim-fleet")
-    write_fleet(FleetConfig(drives=800, days=40, start=dt.date(2024, 1, 1), seed=11, failure_boost=30.0), out,
-                progress=False)
-    return out
+    def build(out: Path) -> None:
+        write_fleet(FleetConfig(drives=800, days=40, start=dt.date(2024, 1, 1), seed=11, failure_boost=30.0), out,
+                    progress=False)
+
+    return build_once(tmp_path_factory, "sim-fleet", build)
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +55,12 @@ def sim_truth(sim_fleet: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def sim_bundle(sim_fleet: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sim-bundle")
-    store = WindowStore(build_store(sim_fleet, root / "store", config=WINDOW, seed=2).store)
-    config = TrainConfig(epochs=4, width=16, depth=1, latent=4, batch_size=64, seed=2, xgboost=False, rul=False)
-    return train(store, root / "bundle", config).bundle
+    def build(root: Path) -> None:
+        store = WindowStore(build_store(sim_fleet, root / "store", config=WINDOW, seed=2).store)
+        config = TrainConfig(epochs=4, width=16, depth=1, latent=4, batch_size=64, seed=2, xgboost=False, rul=False)
+        train(store, root / "bundle", config)
+
+    return build_once(tmp_path_factory, "sim-bundle", build) / "bundle"
 
 
 @pytest.fixture(autouse=True)

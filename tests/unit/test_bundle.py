@@ -10,46 +10,17 @@ import numpy as np
 import pytest
 
 from diskwatch.models.alerting import combined_score, fires, life_expectancy, severity, top_reasons
-from diskwatch.models.architectures import build
 from diskwatch.models.bundle import (
     BundleError,
-    Thresholds,
     load_bundle,
     read_manifest,
     save_bundle,
     update_metrics,
 )
-from diskwatch.models.features import FeatureSpec, ScalerStats
 from diskwatch.models.inference import Scores
-from diskwatch.models.windows import WindowConfig
+from tests.unit.bundles import SPEC, THRESHOLDS, WINDOW, fitted_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-WINDOW = WindowConfig(window=5, horizon=2, max_gap=1)
-SPEC = FeatureSpec.from_names(["smart_5_raw", "smart_9_raw", "smart_194_raw"])
-THRESHOLDS = Thresholds(
-    classifier=0.5, classifier_method="test", autoencoder=0.1, autoencoder_method="test"
-)
-
-
-def fitted_spec() -> FeatureSpec:
-    stats = ScalerStats(SPEC.n_features)
-    stats.update(np.array([[0.0, 100.0, 20.0], [3.0, 9000.0, 45.0]]))
-    return SPEC.fitted(stats)
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("b") / "bundle"
-    models = {
-        "classifier": build("lstm", 5, 3, width=4, depth=1),
-        "autoencoder": build("ae-lstm", 5, 3, width=4, latent=2),
-    }
-    extra = out.parent / "splits.json"
-    extra.write_text('{"A": "train"}')
-    save_bundle(out, models=models, spec=fitted_spec(), window=WINDOW, thresholds=THRESHOLDS,
-                extras={"splits": extra}, training={"data": "unit"})
-    return out
 
 
 def copy(bundle: Path, tmp_path: Path) -> Path:

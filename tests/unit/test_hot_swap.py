@@ -10,7 +10,7 @@ import pytest
 from diskwatch.core.settings import Settings
 from diskwatch.models.bundle import load_bundle, save_bundle
 from diskwatch.stream.app import Worker, _stamp
-from tests.unit.test_bundle import THRESHOLDS, WINDOW, bundle_dir, fitted_spec  # noqa: F401 - fixture
+from tests.unit.bundles import THRESHOLDS, WINDOW, fitted_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -26,7 +26,7 @@ def retrained(tmp_path: Path) -> Path:
 
 
 def test_hot_swap_refuses_a_half_copied_bundle_then_takes_it_when_complete(
-    bundle_dir: Path, tmp_path: Path, isolated_settings_env: None  # noqa: F811
+    bundle_dir: Path, tmp_path: Path, isolated_settings_env: None
 ) -> None:
     live = tmp_path / "live"
     shutil.copytree(bundle_dir, live)
@@ -52,7 +52,7 @@ def test_hot_swap_refuses_a_half_copied_bundle_then_takes_it_when_complete(
     assert worker.bundle.version == new_version and worker.processor is not old_processor
 
 
-def test_stamp_sees_every_file_and_needs_a_manifest(bundle_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_stamp_sees_every_file_and_needs_a_manifest(bundle_dir: Path, tmp_path: Path) -> None:
     live = tmp_path / "b"
     shutil.copytree(bundle_dir, live)
     first = _stamp(live)

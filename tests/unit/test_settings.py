@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from diskwatch.core.settings import Settings, redact_url
+from diskwatch.core.errors import ConfigError, DiskwatchError
+from diskwatch.core.settings import Settings, load_settings, redact_url
 
 SECRET_URL = "redis://user:s3cret@host:6379/0"
 SASL_SECRET = "sasl-Pa55word"
@@ -29,7 +30,7 @@ def test_defaults() -> None:
     assert s.kafka_security_protocol == "PLAINTEXT"
     assert s.kafka_sasl_password is None
     assert s.redis_url.get_secret_value() == "redis://127.0.0.1:6379/0"
-    assert s.window_days == 14 and s.horizon_days == 7 and s.max_gap_days == 2
+    assert s.batch_size == 512 and s.window_ttl_days == 30
     assert s.model_bundle is None
     assert s.kafka_url == "kafka://127.0.0.1:9092"
 
@@ -42,8 +43,8 @@ def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISKWATCH_KAFKA_SASL_PASSWORD", SASL_SECRET)
     monkeypatch.setenv("DISKWATCH_REDIS_URL", SECRET_URL)
     monkeypatch.setenv("DISKWATCH_TOPIC_TELEMETRY", "t-in")
-    monkeypatch.setenv("DISKWATCH_WINDOW_DAYS", "30")
-    monkeypatch.setenv("DISKWATCH_HORIZON_DAYS", "10")
+    monkeypatch.setenv("DISKWATCH_BATCH_SIZE", "30")
+    monkeypatch.setenv("DISKWATCH_TOPIC_PARTITIONS", "10")
     monkeypatch.setenv("DISKWATCH_BATCH_LINGER_S", "0.25")
     monkeypatch.setenv("DISKWATCH_MODEL_BUNDLE", "/models/v3")
     monkeypatch.setenv("DISKWATCH_METRICS_PORT", "0")
@@ -56,26 +57,26 @@ def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.kafka_sasl_password.get_secret_value() == SASL_SECRET
     assert s.redis_url.get_secret_value() == SECRET_URL
     assert s.topic_telemetry == "t-in"
-    assert (s.window_days, s.horizon_days, s.batch_linger_s, s.metrics_port) == (30, 10, 0.25, 0)
+    assert (s.batch_size, s.topic_partitions, s.batch_linger_s, s.metrics_port) == (30, 10, 0.25, 0)
     assert s.model_bundle == Path("/models/v3")
 
 
 def test_env_names_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("diskwatch_window_days", "21")
-    assert make().window_days == 21
+    monkeypatch.setenv("diskwatch_batch_size", "21")
+    assert make().batch_size == 21
 
 
 def test_keyword_arguments_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DISKWATCH_WINDOW_DAYS", "30")
-    assert make(window_days=20).window_days == 20
+    monkeypatch.setenv("DISKWATCH_BATCH_SIZE", "30")
+    assert make(batch_size=20).batch_size == 20
 
 
 def test_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_file = tmp_path / "diskwatch.env"
-    env_file.write_text("DISKWATCH_WINDOW_DAYS=28\nDISKWATCH_TOPIC_ALERTS=a-out\n")
+    env_file.write_text("DISKWATCH_BATCH_SIZE=28\nDISKWATCH_TOPIC_ALERTS=a-out\n")
     monkeypatch.setenv("DISKWATCH_TOPIC_ALERTS", "from-env")  # env vars beat the file
     s = Settings(_env_file=env_file)  # type: ignore[call-arg]
-    assert s.window_days == 28
+    assert s.batch_size == 28
     assert s.topic_alerts == "from-env"
 
 
@@ -83,28 +84,29 @@ def test_empty_env_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     # e.g. compose's DISKWATCH_MODEL_BUNDLE=${MODEL_BUNDLE} with MODEL_BUNDLE unset
     monkeypatch.setenv("DISKWATCH_MODEL_BUNDLE", "")
     monkeypatch.setenv("DISKWATCH_KAFKA_SASL_MECHANISM", "")
-    monkeypatch.setenv("DISKWATCH_WINDOW_DAYS", "")
+    monkeypatch.setenv("DISKWATCH_BATCH_SIZE", "")
     s = make()
     assert s.model_bundle is None  # not Path("") == the working directory
     assert s.kafka_sasl_mechanism is None
-    assert s.window_days == 14
+    assert s.batch_size == 512
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("DISKWATCH_WINDOW_DAYS", "1"),
-        ("DISKWATCH_WINDOW_DAYS", "366"),
-        ("DISKWATCH_WINDOW_DAYS", "two weeks"),
+        ("DISKWATCH_BATCH_SIZE", "100001"),
+        ("DISKWATCH_BATCH_SIZE", "a few"),
+        ("DISKWATCH_TOPIC_PARTITIONS", "0"),
         ("DISKWATCH_KAFKA_SECURITY_PROTOCOL", "FOO"),
         ("DISKWATCH_REDIS_URL", "http://x"),
         ("DISKWATCH_REDIS_URL", "127.0.0.1:6379"),
-        ("DISKWATCH_HORIZON_DAYS", "0"),
+        ("DISKWATCH_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:abc"),
         ("DISKWATCH_BATCH_SIZE", "0"),
         ("DISKWATCH_BATCH_LINGER_S", "0"),
         ("DISKWATCH_METRICS_PORT", "70000"),
         ("DISKWATCH_WINDOW_TTL_DAYS", "-1"),
-        ("DISKWATCH_MAX_GAP_DAYS", "14"),  # not below window_days (14)
+        ("DISKWATCH_KAFKA_BOOTSTRAP_SERVERS", "kafka"),  # no port
+        ("DISKWATCH_KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:99999"),
     ],
 )
 def test_bad_env_values_rejected(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -116,10 +118,10 @@ def test_bad_env_values_rejected(monkeypatch: pytest.MonkeyPatch, name: str, val
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"window_days": 1},
+        {"batch_size": 0},
         {"kafka_security_protocol": "FOO"},
         {"redis_url": "http://x"},
-        {"window_days": 5, "max_gap_days": 5},
+        {"kafka_bootstrap_servers": "k1:9092,,"},
     ],
 )
 def test_bad_keyword_values_rejected(kwargs: dict[str, object]) -> None:
@@ -156,7 +158,7 @@ def test_redacted_hides_secrets() -> None:
     assert data["redis_url"] == "redis://user:***@host:6379/0"
     assert data["kafka_sasl_password"] == "**********"
     assert data["kafka_sasl_username"] == "dw"  # not a secret
-    assert data["window_days"] == 14
+    assert data["batch_size"] == 512
     json.dumps(data)  # plain, loggable data
 
 
@@ -195,3 +197,39 @@ def test_redact_url(url: str, expected: str) -> None:
     redacted = redact_url(url)
     assert redacted == expected
     assert "s3cr" not in redacted
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("DISKWATCH_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:abc", "'127.0.0.1:abc' must be a number"),
+        ("DISKWATCH_KAFKA_BOOTSTRAP_SERVERS", "broker", "expected host:port"),
+        ("DISKWATCH_METRICS_PORT", "70000", "less than or equal to 65535"),
+        ("DISKWATCH_REDIS_URL", "http://user:s3cret@host", "must start with redis://"),
+    ],
+)
+def test_load_settings_names_the_variable_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(_env_file=None)
+    message = str(info.value)
+    assert isinstance(info.value, DiskwatchError) and info.value.exit_code == 2
+    assert name in message and says in message
+    assert "\n" not in message and "s3cret" not in message
+
+
+@pytest.mark.parametrize("value", ["k1:9092", "k1:9092, k2:9093", "[::1]:9092", "broker.example.com:29092"])
+def test_bootstrap_servers_accepted(value: str) -> None:
+    assert make(kafka_bootstrap_servers=value).kafka_bootstrap_servers == value
+
+
+def test_every_setting_is_read_somewhere() -> None:
+    """A setting nobody reads misleads whoever sets it: each field is used outside its definition."""
+    root = Path(__file__).resolve().parents[2]
+    source = "\n".join(
+        p.read_text() for folder in ("core", "models", "stream", "training", "diskwatch") for p in (root / folder).rglob("*.py")
+    )
+    unread = [name for name in Settings.model_fields if f".{name}" not in source]
+    assert unread == []
