@@ -81,10 +81,17 @@ _REASONS_MIN = 16  # narrower than this, a reasons column says nothing
 TABLE_CHROME_LINES = 5
 
 
+def _value(value: float | None) -> str:
+    """A reason's raw value as the record had it: exact integers, never a rounded float."""
+    if value is None:
+        return "?"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _reasons(alert: Alert) -> str:
-    return ", ".join(
-        f"{r.feature}={'?' if r.raw_value is None else r.raw_value} ({r.error_share:.0%})" for r in alert.reasons
-    )
+    return ", ".join(f"{r.feature}={_value(r.raw_value)} ({r.error_share:.0%})" for r in alert.reasons)
 
 
 def _cells(alert: Alert) -> dict[str, str]:

@@ -200,7 +200,11 @@ def _drop_redis(keys_before: set[bytes]) -> int:
 # they share a fixed resource (the Redis Cluster's ports) or an expensive module-scoped fixture
 # (a trained model, a decoded fleet) that two workers would otherwise each build. Every other test
 # is scheduled on its own.
-ONE_WORKER_MODULES = {"test_redis_cluster.py", "test_train_evaluate.py", "test_processor.py"}
+ONE_WORKER_MODULES = {
+    "test_redis_cluster.py", "test_train_evaluate.py", "test_processor.py",
+    "test_fleet_io.py",  # its tests stop and restart the one local Alertmanager
+    "test_kafka_cluster.py",  # one 3-broker cluster per module, on fixed ports
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
