@@ -251,6 +251,8 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Backblaze dump to score (CSV folder, zip, folder of zips)."),
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json, plots and report.md."),
     lead_max: int | None = typer.Option(None, help="Alert counts if within this many days before failure."),
+    min_lead: int = typer.Option(1, help="Alert counts only this many days or more before failure (0: the "
+                                 "failure day too; lead-0 figures are reported separately anyway)."),
     split: str = typer.Option("test", help="test (drives not trained or validated on) | all | train | val."),
     date_from: str | None = typer.Option(None, "--from", help="First day to score (history before is read)."),
     date_to: str | None = typer.Option(None, "--to", help="Last day to score."),
@@ -266,8 +268,8 @@ def evaluate(
     filters = DumpFilter(date_from=_date(date_from, "--from"), date_to=_date(date_to, "--to"), models=models)
     try:
         with _day_progress("scoring") as advance:
-            metrics = run(model, data, out, lead_max=lead_max, split=split, filters=filters,  # type: ignore[arg-type]
-                          on_day=advance)
+            metrics = run(model, data, out, lead_max=lead_max, min_lead=min_lead, split=split,  # type: ignore[arg-type]
+                          filters=filters, on_day=advance)
     except BundleError as exc:
         console.print(f"[red]error[/]: {exc}")
         raise typer.Exit(2) from None

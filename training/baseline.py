@@ -89,3 +89,8 @@ def load(path: Path) -> tuple[Any, float]:
     model.load_model(path)
     threshold = float(model.get_booster().attr("diskwatch_threshold") or 0.5)
     return model, threshold
+
+
+def predict(model: Any, windows: np.ndarray) -> np.ndarray:
+    """Failure probability of each finalised window's last day, float32."""
+    return model.predict_proba(windows[:, -1, :])[:, 1].astype(np.float32)

@@ -147,12 +147,20 @@ def _drive_arrays(
     return inv, n, end, fail
 
 
-def _qualifying(end: np.ndarray, fail: np.ndarray, lead_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mask of windows in a failed drive's detection range, days before failure)."""
+def _qualifying(
+    end: np.ndarray, fail: np.ndarray, lead_max: int, min_lead: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of windows in a failed drive's detection range, days before failure).
+
+    The range is ``min_lead <= failure_day - end_day <= lead_max``: an alert on
+    the failure day itself (lead 0) gives no warning, so reports count from 1.
+    """
     if lead_max < 0:
         raise ValueError(f"lead_max must be >= 0, got {lead_max}")
+    if not 0 <= min_lead <= lead_max:
+        raise ValueError(f"min_lead must be in [0, lead_max], got {min_lead}")
     lead = fail - end
-    return (fail >= 0) & (lead >= 0) & (lead <= lead_max), lead
+    return (fail >= 0) & (lead >= min_lead) & (lead <= lead_max), lead
 
 
 # --------------------------------------------------------------------------- window curves (scikit-learn)
@@ -235,14 +243,14 @@ def window_metrics(label: Any, score: Any, threshold: float) -> dict[str, Any]:
 
 
 def _detections(
-    alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int
+    alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int, min_lead: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per drive: (failed, detected, false_alarm, lead days of the first qualifying alert or -1)."""
     a = np.asarray(alert).ravel().astype(bool)
     inv, n, end, fail = _drive_arrays(serial, end_day, failure_day, a.size)
     drive_fail = _per_drive_failure(inv, n, fail)
     failed = drive_fail >= 0
-    qual, lead = _qualifying(end, fail, lead_max)
+    qual, lead = _qualifying(end, fail, lead_max, min_lead)
     hit = a & qual
     lead_first = np.full(n, -1, dtype=np.int64)
     np.maximum.at(lead_first, inv[hit], lead[hit])  # earliest alert = largest lead
@@ -253,11 +261,13 @@ def _detections(
     return failed, detected, false_alarm, lead_first
 
 
-def drive_metrics(alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int) -> dict[str, Any]:
+def drive_metrics(
+    alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int, *, min_lead: int = 0
+) -> dict[str, Any]:
     """Drive-level detection vs false alarms.
 
     A failed drive (``failure_day >= 0``) is *detected* when an alert fires on a
-    window with ``0 <= failure_day - end_day <= lead_max``; its lead is the
+    window with ``min_lead <= failure_day - end_day <= lead_max``; its lead is the
     days from the earliest such alert to the failure. Alerts on a failed drive
     earlier than ``lead_max`` days are neither detections nor false alarms. A
     healthy drive is a *false alarm* when any alert fires on it. A failed drive
@@ -266,7 +276,9 @@ def drive_metrics(alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_
     Keys: failed, detected, detection_rate, healthy, false_alarms,
     false_alarm_rate, median_lead_days (``None`` when undefined).
     """
-    failed, detected, false_alarm, lead_first = _detections(alert, serial, end_day, failure_day, lead_max)
+    failed, detected, false_alarm, lead_first = _detections(
+        alert, serial, end_day, failure_day, lead_max, min_lead
+    )
     n_failed = int(failed.sum())
     n_detected = int(detected.sum())
     n_healthy = int((~failed).sum())
@@ -283,9 +295,11 @@ def drive_metrics(alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_
     }
 
 
-def lead_times(alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int) -> np.ndarray:
+def lead_times(
+    alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int, *, min_lead: int = 0
+) -> np.ndarray:
     """Lead days (first qualifying alert to failure) of each detected drive, int64, by sorted serial."""
-    _, detected, _, lead_first = _detections(alert, serial, end_day, failure_day, lead_max)
+    _, detected, _, lead_first = _detections(alert, serial, end_day, failure_day, lead_max, min_lead)
     return lead_first[detected]
 
 
@@ -348,14 +362,14 @@ def threshold_for_window_fpr(label: Any, score: Any, target_fpr: float) -> float
 
 
 def _drive_score_maxima(
-    score: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int
+    score: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int, min_lead: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per failed drive the max score in its detection range (-inf if none), per healthy drive
     the max score, and the validated score array."""
     _, s = _labels_scores(np.zeros(np.asarray(score).size, dtype=np.int8), np.asarray(score).ravel())
     inv, n, end, fail = _drive_arrays(serial, end_day, failure_day, s.size)
     drive_fail = _per_drive_failure(inv, n, fail)
-    qual, _ = _qualifying(end, fail, lead_max)
+    qual, _ = _qualifying(end, fail, lead_max, min_lead)
     s64 = s.astype(np.float64)
     fmax = np.full(n, -np.inf)
     np.maximum.at(fmax, inv[qual], s64[qual])
@@ -372,6 +386,8 @@ def detection_vs_far_curve(
     failure_day: Any,
     lead_max: int,
     n_points: int | None = 50,
+    *,
+    min_lead: int = 0,
 ) -> list[dict[str, float | None]]:
     """Drive detection rate vs false-alarm rate across thresholds, highest threshold first.
 
@@ -382,7 +398,7 @@ def detection_vs_far_curve(
     ``{"threshold", "detection_rate", "false_alarm_rate"}``; a rate is ``None``
     when there are no failed (healthy) drives.
     """
-    fmax, hmax, s = _drive_score_maxima(score, serial, end_day, failure_day, lead_max)
+    fmax, hmax, s = _drive_score_maxima(score, serial, end_day, failure_day, lead_max, min_lead)
     values = np.r_[fmax, hmax]
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -452,11 +468,13 @@ def summarize_detector(
     end_day: Any,
     failure_day: Any,
     lead_max: int,
+    *,
+    min_lead: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """``{"window": window_metrics(...), "drive": drive_metrics(...)}`` at ``threshold``."""
     s = np.asarray(score).ravel()
     alert = s >= threshold
     return {
         "window": window_metrics(label, s, threshold),
-        "drive": drive_metrics(alert, serial, end_day, failure_day, lead_max),
+        "drive": drive_metrics(alert, serial, end_day, failure_day, lead_max, min_lead=min_lead),
     }
