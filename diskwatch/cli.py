@@ -278,6 +278,41 @@ def evaluate(
 
 
 @app.command()
+def compare(
+    data: Path = typer.Option(..., "--data", help="Backblaze dump or window store."),
+    time_split: str = typer.Option(..., "--time-split", help="Train before this day, test from it."),
+    variants: str = typer.Option(
+        "lstm,lstm+ind,lstm+ind+wf,gru+ind+wf,rnn+ind+wf,cnn-lstm+ind+wf,mlp+ind,ae-lstm+ind,ae-conv+ind,"
+        "xgboost,xgboost+ind",
+        help="Comma-separated KIND[+ind][+wf][+hppN][+wN] (see training/compare.py).",
+    ),
+    out: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for compare.md and compare.json."),
+    window: int = typer.Option(14, help="S: days per window."),
+    horizon: int = typer.Option(7, help="L: predict failure within L days."),
+    epochs: int = typer.Option(20, help="Most epochs per model."),
+    cache: Path | None = typer.Option(None, help="Where built windows are cached."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Train each model variant on the same time split and print detection at FAR 0.1-5 % on unseen drives."""
+    from diskwatch.models.windows import WindowConfig
+    from diskwatch.training.compare import Variant, table, write
+    from diskwatch.training.compare import compare as run
+    from diskwatch.training.fit import TrainConfig
+    from diskwatch.training.windowstore import WindowStore
+
+    try:
+        parsed = [Variant.parse(v) for v in variants.split(",") if v.strip()]
+        base = TrainConfig(epochs=epochs, time_cutoff=_date(time_split, "--time-split"), seed=seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    config = WindowConfig(window=window, horizon=horizon)
+    store = WindowStore(_store_for(data, config, cache, seed, 1.0))
+    rows = run(store, parsed, base, console=console)
+    write(rows, out, base.time_cutoff)
+    Console().print(table(rows, cutoff=base.time_cutoff))
+
+
+@app.command()
 def tune(
     data: Path = typer.Option(..., "--data", help="Backblaze dump or window store."),
     out: Path = typer.Option(Path("runs/tune"), "--out", help="Folder for the search state and results.json."),

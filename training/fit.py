@@ -35,7 +35,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    arch: Literal["lstm", "gru", "rnn", "cnn-lstm"] = "lstm"
+    arch: Literal["lstm", "gru", "rnn", "cnn-lstm", "mlp"] = "lstm"
     ae: Literal["lstm", "conv"] = "lstm"
     depth: int = Field(2, ge=1, le=6)
     width: int = Field(64, ge=4, le=1024)
@@ -55,6 +55,9 @@ class TrainConfig(BaseModel):
     rul_max_days: int = Field(60, ge=1, description="RUL trains on windows this close to failure.")
     xgboost: bool = True
     time_cutoff: dt.date | None = Field(None, description="Time split: train before, test from this day.")
+    indicators: bool = Field(False, description="Feed a 0/1 'reported' column per feature.")
+    fill_mode: Literal["mean", "neutral"] = Field("mean", description="Fill of never-reported attributes.")
+    window_features: bool = Field(False, description="Classifier reads change-since-start and the window summary.")
     seed: int = 0
 
 
@@ -96,7 +99,7 @@ class Splits:
     spec: FeatureSpec
 
     def shape(self, store: WindowStore) -> tuple[int, int]:
-        return (store.config.window, self.spec.n_features)
+        return (store.config.window, self.spec.n_inputs)
 
 
 def train(
@@ -113,7 +116,7 @@ def train(
     keras.utils.set_random_seed(config.seed)
     splits = select_splits(store, config)
     logdir = logdir or Path(tempfile.mkdtemp(prefix="diskwatch-logs-"))
-    fit_one = _Fitter(store, splits, config, logdir, console)
+    fit_one = ModelFitter(store, splits, config, logdir, console)
     classifier = fit_one.classifier()
     autoencoder = fit_one.autoencoder()
     rul, rul_info = fit_one.rul()
@@ -155,10 +158,11 @@ def select_splits(store: WindowStore, config: TrainConfig) -> Splits:
         )
     if val_idx.size == 0:
         raise ValueError("the validation split is empty: more drives are needed")
-    return Splits(train_idx, val_idx, store.fit_scaler(train_idx))
+    spec = store.spec.model_copy(update={"indicators": config.indicators, "fill_mode": config.fill_mode})
+    return Splits(train_idx, val_idx, store.fit_scaler(train_idx, spec=spec))
 
 
-class _Fitter:
+class ModelFitter:
     """Fits each model of a run on the same store, splits and callbacks."""
 
     def __init__(
@@ -180,9 +184,7 @@ class _Fitter:
     def classifier(self) -> Fitted:
         """The failure classifier on undersampled healthy windows with balanced class weights."""
         config, store, spec = self.config, self.store, self.splits.spec
-        hp: dict[str, Any] = {"width": config.width, "dropout": config.dropout, "learning_rate": config.learning_rate}
-        if config.arch != "cnn-lstm":
-            hp["depth"] = config.depth
+        hp = classifier_hp(config, spec)
         model = build(config.arch, *self.shape, **hp)
         train_ds = WindowDataset(
             store, self.splits.train, spec, batch_size=config.batch_size,
@@ -246,6 +248,16 @@ class _Fitter:
         return Fitted(model, history, info), info
 
 
+def classifier_hp(config: TrainConfig, spec: FeatureSpec) -> dict[str, Any]:
+    """The classifier builder's hyperparameters for this config and (fitted) spec."""
+    hp: dict[str, Any] = {"width": config.width, "dropout": config.dropout, "learning_rate": config.learning_rate}
+    if config.arch != "cnn-lstm":
+        hp["depth"] = config.depth
+    if config.window_features or config.arch == "mlp":
+        hp |= {"window_features": True, "n_values": spec.n_features}
+    return hp
+
+
 def _fit_baseline(
     store: WindowStore, splits: Splits, config: TrainConfig, workdir: Path
 ) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -287,7 +299,7 @@ def score_indices(
 ) -> Scores:
     """Score stored windows in order with the shared inference engine."""
     parts = [scorer.score(spec.finalize(store.load(indices[i : i + batch]))) for i in range(0, indices.size, batch)]
-    return concat_scores(parts, spec.n_features)
+    return concat_scores(parts, spec.n_inputs)
 
 
 def concat_scores(parts: list[Scores], n_features: int) -> Scores:
