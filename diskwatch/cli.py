@@ -204,7 +204,7 @@ def train(
     window: int = typer.Option(14, help="S: days per window."),
     horizon: int = typer.Option(7, help="L: predict failure within L days."),
     max_gap: int = typer.Option(2, help="G: longest gap between reports inside a window."),
-    arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm."),
+    arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm | mlp."),
     ae: str = typer.Option("lstm", help="Autoencoder: lstm | conv."),
     epochs: int = typer.Option(20, help="Most epochs per model (early stopping may end sooner)."),
     depth: int = typer.Option(2, help="Recurrent layers in the classifier."),
@@ -218,6 +218,9 @@ def train(
     time_split: str | None = typer.Option(None, "--time-split", help="Also split by time: train before this day."),
     rul: bool = typer.Option(True, help="Train the optional days-to-failure model."),
     xgboost: bool = typer.Option(True, help="Train the XGBoost baseline when xgboost is installed."),
+    indicators: bool = typer.Option(True, help="'Reported' columns + neutral fill of attributes a drive lacks."),
+    window_features: bool = typer.Option(True, help="Classifier reads change since window start + window summary."),
+    budget_split: str = typer.Option("searched", help="False-alarm budget per detector: even | searched."),
     cache: Path | None = typer.Option(None, help="Where built windows are cached (default .local/cache/windows)."),
     seed: int = typer.Option(0, help="Seed for sampling, splits and weights."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
@@ -234,7 +237,9 @@ def train(
             arch=arch, ae=ae, epochs=epochs, depth=depth, width=width, learning_rate=learning_rate,
             batch_size=batch_size, target_far=target_far, operating=operating,
             healthy_per_positive=healthy_per_positive, time_cutoff=_date(time_split, "--time-split"),
-            rul=rul, xgboost=xgboost, seed=seed,
+            rul=rul, xgboost=xgboost, seed=seed, indicators=indicators,
+            fill_mode="neutral" if indicators else "mean", window_features=window_features,
+            budget_split=budget_split,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

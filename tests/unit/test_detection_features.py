@@ -142,3 +142,26 @@ def test_variant_parsing() -> None:
         Variant.parse("transformer")
     with pytest.raises(ValueError, match="flag"):
         Variant.parse("lstm+magic")
+
+
+def test_searched_budget_split_gives_the_budget_to_the_detector_that_detects() -> None:
+    from diskwatch.models.inference import Scores
+    from diskwatch.training.fit import split_budget
+
+    rng = np.random.default_rng(0)
+    n_healthy, n_failed = 400, 40
+    serial = np.arange(n_healthy + n_failed)
+    failure_day = np.where(serial >= n_healthy, 10, -1)
+    end_day = np.full(serial.size, 8)
+    # failures overlap the top of the healthy classifier scores (more budget, more detections);
+    # the autoencoder is noise, so every bit of budget it gets is wasted
+    probability = (rng.random(serial.size) ** 4 * 0.5).astype(np.float32)
+    probability[n_healthy:] = 0.4 + 0.2 * rng.random(n_failed)
+    anomaly = rng.random(serial.size).astype(np.float32)
+    scores = Scores(probability, anomaly, np.zeros((serial.size, 0), np.float32))
+    even = split_budget(scores, serial, end_day, failure_day, 0.02, 7, searched=False)
+    searched = split_budget(scores, serial, end_day, failure_day, 0.02, 7, searched=True)
+    assert even.classifier_share == 0.5
+    assert searched.classifier_share > 0.5
+    assert searched.detection >= even.detection
+    assert searched.combined_far <= 0.02
