@@ -205,7 +205,7 @@ def train(
     horizon: int = typer.Option(7, help="L: predict failure within L days."),
     max_gap: int = typer.Option(2, help="G: longest gap between reports inside a window."),
     arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm | mlp."),
-    ae: str = typer.Option("lstm", help="Autoencoder: lstm | conv."),
+    ae: str = typer.Option("conv", help="Autoencoder: conv | lstm."),
     epochs: int = typer.Option(20, help="Most epochs per model (early stopping may end sooner)."),
     depth: int = typer.Option(2, help="Recurrent layers in the classifier."),
     width: int = typer.Option(64, help="Units per recurrent layer."),

@@ -77,7 +77,9 @@ class CompareRow:
 
 
 def _config(base: TrainConfig, variant: Variant) -> TrainConfig:
-    update = dict(variant.overrides)
+    # A bare KIND is the plain model: flags switch the detection features on.
+    update: dict[str, Any] = {"indicators": False, "fill_mode": "mean", "window_features": False}
+    update |= variant.overrides
     if variant.kind in CLASSIFIERS:
         update["arch"] = variant.kind
     elif variant.kind in AUTOENCODERS:

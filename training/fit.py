@@ -36,7 +36,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     arch: Literal["lstm", "gru", "rnn", "cnn-lstm", "mlp"] = "lstm"
-    ae: Literal["lstm", "conv"] = "lstm"
+    ae: Literal["lstm", "conv"] = "conv"
     depth: int = Field(2, ge=1, le=6)
     width: int = Field(64, ge=4, le=1024)
     latent: int = Field(16, ge=2, le=512)
@@ -55,11 +55,11 @@ class TrainConfig(BaseModel):
     rul_max_days: int = Field(60, ge=1, description="RUL trains on windows this close to failure.")
     xgboost: bool = True
     time_cutoff: dt.date | None = Field(None, description="Time split: train before, test from this day.")
-    indicators: bool = Field(False, description="Feed a 0/1 'reported' column per feature.")
-    fill_mode: Literal["mean", "neutral"] = Field("mean", description="Fill of never-reported attributes.")
-    window_features: bool = Field(False, description="Classifier reads change-since-start and the window summary.")
+    indicators: bool = Field(True, description="Feed a 0/1 'reported' column per feature.")
+    fill_mode: Literal["mean", "neutral"] = Field("neutral", description="Fill of never-reported attributes.")
+    window_features: bool = Field(True, description="Classifier reads change-since-start and the window summary.")
     budget_split: Literal["even", "searched"] = Field(
-        "even", description="Share of the false-alarm budget per detector: half each, or searched on validation."
+        "searched", description="Share of the false-alarm budget per detector: half each, or searched on validation."
     )
     seed: int = 0
 
