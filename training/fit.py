@@ -74,6 +74,8 @@ class ValidationSummary:
     failed_drives: int
     autoencoder_window_fpr: float | None
     budget: BudgetSplit | None = None
+    #: Days the validation windows span: the FAR promised is per drive over a period this long.
+    days: int | None = None
 
 
 @dataclass
@@ -420,6 +422,7 @@ def choose_thresholds(
         failed_drives=int(np.unique(serial[failure_day >= 0]).size),
         autoencoder_window_fpr=ae_window_fpr,
         budget=split,
+        days=int(np.unique(end_day).size),
     )
     return thresholds, validation
 
