@@ -294,6 +294,7 @@ def compare(
     out: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for compare.md and compare.json."),
     window: int = typer.Option(14, help="S: days per window."),
     horizon: int = typer.Option(7, help="L: predict failure within L days."),
+    lead_max: int | None = typer.Option(None, help="Count alerts up to this many days ahead (default: L)."),
     epochs: int = typer.Option(20, help="Most epochs per model."),
     cache: Path | None = typer.Option(None, help="Where built windows are cached."),
     seed: int = typer.Option(0, help="Seed."),
@@ -312,7 +313,7 @@ def compare(
         raise typer.BadParameter(str(exc)) from None
     config = WindowConfig(window=window, horizon=horizon)
     store = WindowStore(_store_for(data, config, cache, seed, 1.0))
-    rows = run(store, parsed, base, console=console)
+    rows = run(store, parsed, base, lead_max=lead_max, console=console)
     write(rows, out, base.time_cutoff)
     Console().print(table(rows, cutoff=base.time_cutoff))
 

@@ -111,9 +111,10 @@ def _scores(store: WindowStore, splits: Splits, test: np.ndarray, config: TrainC
 
 def compare(
     store: WindowStore, variants: list[Variant], base: TrainConfig, *, min_lead: int = 1,
-    console: Console | None = None,
+    lead_max: int | None = None, console: Console | None = None,
 ) -> list[CompareRow]:
-    """Train and score every variant on the same splits; one row each."""
+    """Train and score every variant on the same splits; one row each (detections ``min_lead..lead_max``
+    days ahead, ``lead_max`` defaulting to the store's horizon)."""
     if base.time_cutoff is None:
         raise ValueError("compare needs a time split (--time-split DATE): test on days after training")
     console = console or Console(stderr=True)
@@ -128,7 +129,8 @@ def compare(
         splits = select_splits(store, config)
         score = _scores(store, splits, test, config, variant, console)
         seconds = time.perf_counter() - started
-        curve = detection_vs_far_curve(score, serial, end_day, failure_day, store.config.horizon, None,
+        curve = detection_vs_far_curve(score, serial, end_day, failure_day,
+                                       store.config.horizon if lead_max is None else lead_max, None,
                                        min_lead=min_lead)
         at_far = {f"{far:g}": _none(detection_at_far(curve, far)) for far in FAR_GRID}
         failed = int(np.unique(serial[failure_day >= 0]).size)
