@@ -308,6 +308,11 @@ def summarize(
             "false_alarm_rate": far,
             "detection_rate": {n: detection_at_far(curves["far_curve"][n], far) for n in detectors},
         }
+    healthy_months = float((failure_day < 0).sum()) / 30.0
+    metrics["false_alarms_per_1000_drive_months"] = {
+        name: (1000.0 * metrics[name]["drive"]["false_alarms"] / healthy_months if healthy_months else None)
+        for name in detectors
+    }
     metrics["ceiling"] = signal_ceiling(scored, lead_max, min_lead, metrics)
     metrics["families"] = family_table(scored, detectors, lead_max, min_lead)
     _autoencoder_facts(bundle, scored, metrics, curves)

@@ -479,6 +479,8 @@ def write_report(out_dir: Path, metrics: dict, curves: dict, *, title: str) -> P
     lines += fig("far", "drive detection vs false-alarm rate")
     for heading, block in (
         ("### Signal ceiling", _ceiling_block(metrics.get("ceiling"))),
+        ("### False alarms per 1,000 healthy drive-months (a unit that does not depend on the period length)",
+         [f"- {n}: {_fmt(v, 2)}" for n, v in (metrics.get("false_alarms_per_1000_drive_months") or {}).items()]),
         ("### Detections counting the failure day (lead 0)", _lead0_table(metrics.get("lead0"), det_metrics)),
         ("### Lead times (at each detector's own threshold)", _lead_table(metrics.get("lead_distribution"))),
         ("### Per drive model (own thresholds; detected / false alarms)", _family_table(metrics.get("families"))),

@@ -139,6 +139,9 @@ def test_evaluate_reports_ceiling_far_grid_and_lead0(trained: Path, fleet: Path,
     for name in ("classifier", "combined", "smart_rule"):
         # counting the failure day too can only add detections
         assert metrics["lead0"][name]["detected"] >= metrics[name]["drive"]["detected"]
+    per_months = metrics["false_alarms_per_1000_drive_months"]
+    assert all(v >= 0 for v in per_months.values())
+    assert (per_months["combined"] == 0) == (metrics["combined"]["drive"]["false_alarms"] == 0)
     ceiling = metrics["ceiling"]
     assert 0 <= ceiling["with_signal"] <= ceiling["failed_drives"] == metrics["combined"]["drive"]["failed"]
     assert metrics["families"] and sum(r["failed"] for r in metrics["families"]) == ceiling["failed_drives"]
