@@ -252,8 +252,8 @@ def train(
     window: int = typer.Option(WINDOW_DAYS, help="S: days per window."),
     horizon: int = typer.Option(HORIZON_DAYS, help="L: predict failure within L days."),
     max_gap: int = typer.Option(MAX_GAP_DAYS, help="G: longest gap between reports inside a window."),
-    arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm."),
-    ae: str = typer.Option("lstm", help="Autoencoder: lstm | conv."),
+    arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm | mlp."),
+    ae: str = typer.Option("conv", help="Autoencoder: conv | lstm."),
     epochs: int = typer.Option(20, help="Most epochs per model (early stopping may end sooner)."),
     depth: int = typer.Option(2, help="Recurrent layers in the classifier."),
     width: int = typer.Option(64, help="Units per recurrent layer."),
@@ -266,6 +266,9 @@ def train(
     time_split: str | None = typer.Option(None, "--time-split", help="Also split by time: train before this day."),
     rul: bool = typer.Option(True, help="Train the optional days-to-failure model."),
     xgboost: bool = typer.Option(True, help="Train the XGBoost baseline when xgboost is installed."),
+    indicators: bool = typer.Option(True, help="'Reported' columns + neutral fill of attributes a drive lacks."),
+    window_features: bool = typer.Option(True, help="Classifier reads change since window start + window summary."),
+    budget_split: str = typer.Option("searched", help="False-alarm budget per detector: even | searched."),
     cache: Path | None = typer.Option(None, help="Where built windows are cached (default .local/cache/windows)."),
     seed: int = typer.Option(0, help="Seed for sampling, splits and weights."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
@@ -286,7 +289,9 @@ def train(
             arch=arch, ae=ae, epochs=epochs, depth=depth, width=width, learning_rate=learning_rate,
             batch_size=batch_size, target_far=target_far, operating=operating,
             healthy_per_positive=healthy_per_positive, time_cutoff=_date(time_split, "--time-split"),
-            rul=rul, xgboost=xgboost, seed=seed,
+            rul=rul, xgboost=xgboost, seed=seed, indicators=indicators,
+            fill_mode="neutral" if indicators else "mean", window_features=window_features,
+            budget_split=budget_split,
         )
     except ValidationError as exc:
         raise UsageError(_option_errors(exc)) from None
@@ -303,6 +308,8 @@ def evaluate(
     data: Path = typer.Option(..., "--data", help="Backblaze dump to score (CSV folder, zip, folder of zips)."),
     out: Path = typer.Option(..., "--out", help="Folder for metrics.json, plots and report.md."),
     lead_max: int | None = typer.Option(None, help="Alert counts if within this many days before failure."),
+    min_lead: int = typer.Option(1, help="Alert counts only this many days or more before failure (0: the "
+                                 "failure day too; lead-0 figures are reported separately anyway)."),
     split: str = typer.Option("test", help="test (drives not trained or validated on) | all | train | val."),
     date_from: str | None = typer.Option(None, "--from", help="First day to score (history before is read)."),
     date_to: str | None = typer.Option(None, "--to", help="Last day to score."),
@@ -317,10 +324,46 @@ def evaluate(
         raise typer.BadParameter("split must be test, all, train or val", param_hint="--split")
     filters = DumpFilter(date_from=_date(date_from, "--from"), date_to=_date(date_to, "--to"), models=models)
     with _day_progress("scoring") as advance:
-        metrics = run(model, data, out, lead_max=lead_max, split=split, filters=filters,  # type: ignore[arg-type]
-                      on_day=advance)
+        metrics = run(model, data, out, lead_max=lead_max, min_lead=min_lead, split=split,  # type: ignore[arg-type]
+                      filters=filters, on_day=advance)
     _print_metrics(metrics)
     console.print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+
+
+@app.command()
+def compare(
+    data: Path = typer.Option(..., "--data", help="Backblaze dump or window store."),
+    time_split: str = typer.Option(..., "--time-split", help="Train before this day, test from it."),
+    variants: str = typer.Option(
+        "lstm,lstm+ind,lstm+ind+wf,gru+ind+wf,rnn+ind+wf,cnn-lstm+ind+wf,mlp+ind,ae-lstm+ind,ae-conv+ind,"
+        "xgboost,xgboost+ind",
+        help="Comma-separated KIND[+ind][+wf][+hppN][+wN] (see training/compare.py).",
+    ),
+    out: Path = typer.Option(Path("runs/compare"), "--out", help="Folder for compare.md and compare.json."),
+    window: int = typer.Option(WINDOW_DAYS, help="S: days per window."),
+    horizon: int = typer.Option(HORIZON_DAYS, help="L: predict failure within L days."),
+    lead_max: int | None = typer.Option(None, help="Count alerts up to this many days ahead (default: L)."),
+    epochs: int = typer.Option(20, help="Most epochs per model."),
+    cache: Path | None = typer.Option(None, help="Where built windows are cached."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Train each model variant on the same time split and print detection at FAR 0.1-5 % on unseen drives."""
+    from diskwatch.models.windows import WindowConfig
+    from diskwatch.training.compare import Variant, table, write
+    from diskwatch.training.compare import compare as run
+    from diskwatch.training.fit import TrainConfig
+    from diskwatch.training.windowstore import WindowStore
+
+    try:
+        parsed = [Variant.parse(v) for v in variants.split(",") if v.strip()]
+        base = TrainConfig(epochs=epochs, time_cutoff=_date(time_split, "--time-split"), seed=seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    config = WindowConfig(window=window, horizon=horizon)
+    store = WindowStore(_store_for(data, config, cache, seed, 1.0))
+    rows = run(store, parsed, base, lead_max=lead_max, console=console)
+    write(rows, out, base.time_cutoff)
+    Console().print(table(rows, cutoff=base.time_cutoff))
 
 
 @app.command()

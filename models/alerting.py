@@ -49,8 +49,13 @@ def combined_score(scores: Scores, thresholds: Thresholds) -> np.ndarray:
 
 
 def top_reasons(feature_error: np.ndarray, spec: FeatureSpec, k: int) -> list[list[tuple[int, str, float]]]:
-    """Per window, the k features with the largest error share: (attribute, name, share)."""
+    """Per window, the k features with the largest error share: (attribute, name, share).
+
+    Only value columns count: "reported" indicator columns (after the values) are not attributes.
+    """
     err = np.nan_to_num(np.asarray(feature_error, dtype=np.float64), nan=0.0)
+    if err.ndim == 2:
+        err = err[:, : spec.n_features]
     if err.ndim != 2 or err.shape[0] == 0:
         return [[] for _ in range(err.shape[0] if err.ndim else 0)]
     total = err.sum(axis=1, keepdims=True)

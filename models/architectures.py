@@ -2,14 +2,18 @@
 
 Every builder takes finalized windows ``[batch, window, n_features]`` (see
 :meth:`models.features.FeatureSpec.finalize`) and returns a *compiled*
-:class:`keras.Model` built only from stock Keras 3 layers, so a model saved as
-``.keras`` loads with ``keras.saving.load_model(path, safe_mode=True)`` under
-any backend (tensorflow, jax, torch) with no custom objects.
+:class:`keras.Model` built from stock Keras 3 layers plus the registered ``keras.ops``-only
+window layers of :mod:`models.layers`, so a model saved as ``.keras`` loads
+with ``keras.saving.load_model(path, safe_mode=True)`` under any backend
+(tensorflow, jax, torch) with no custom objects passed.
 
 Three roles, each with a stable model ``name``:
 
 * ``"classifier"`` — P(failure within the horizon), one sigmoid unit
-  (kinds ``lstm``, ``gru``, ``rnn``, ``cnn-lstm``);
+  (kinds ``lstm``, ``gru``, ``rnn``, ``cnn-lstm``, and ``mlp``: dense layers on
+  the window summary alone); with ``window_features=True`` a recurrent
+  classifier also reads each value's change since the window start per step
+  and joins a dense branch on the window summary (:mod:`models.layers`);
 * ``"autoencoder"`` — reconstruction of the window, trained on healthy
   drives; the reconstruction error is the anomaly score (``ae-lstm``,
   ``ae-conv``);
@@ -28,6 +32,8 @@ from typing import Any, Literal
 
 import keras
 
+from diskwatch.models.layers import WindowChange, WindowSummary
+
 Cell = Literal["lstm", "gru", "rnn"]
 
 CLASSIFIER = "classifier"
@@ -40,6 +46,7 @@ KIND_ROLES: dict[str, str] = {
     "gru": CLASSIFIER,
     "rnn": CLASSIFIER,
     "cnn-lstm": CLASSIFIER,
+    "mlp": CLASSIFIER,
     "ae-lstm": AUTOENCODER,
     "ae-conv": AUTOENCODER,
     "rul": RUL,
@@ -112,6 +119,33 @@ def _compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model
     return model
 
 
+def _with_change(inputs: Any, n_values: int) -> Any:
+    """The window plus, per step, each value's change since the first day."""
+    change = WindowChange(n_values, name="change_since_start")(inputs)
+    return keras.layers.Concatenate(name="with_change")([inputs, change])
+
+
+def _summary_branch(inputs: Any, n_values: int, width: int) -> Any:
+    """Dense layer on the window summary (last, change, max, increases, days since the last one)."""
+    summary = WindowSummary(n_values, name="window_summary")(inputs)
+    return keras.layers.Dense(width, activation="relu", name="summary_dense")(summary)
+
+
+def _join(encoded: Any, branch: Any, width: int, dropout: float) -> Any:
+    x = keras.layers.Concatenate(name="join")([encoded, branch])
+    x = keras.layers.Dense(width, activation="relu", name="join_dense")(x)
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout, name="join_dropout")(x)
+    return x
+
+
+def _n_values(n_features: int, n_values: int | None) -> int:
+    n = int(n_features if n_values is None else n_values)
+    if not 1 <= n <= int(n_features):
+        raise ValueError(f"n_values must be in [1, n_features={n_features}], got {n_values}")
+    return n
+
+
 # -- classifiers -------------------------------------------------------------
 
 
@@ -124,14 +158,25 @@ def build_classifier(
     width: int = 64,
     dropout: float = 0.2,
     learning_rate: float = 1e-3,
+    window_features: bool = False,
+    n_values: int | None = None,
 ) -> keras.Model:
-    """Stacked LSTM/GRU/SimpleRNN → Dense(1, sigmoid): P(failure within horizon)."""
+    """Stacked LSTM/GRU/SimpleRNN → Dense(1, sigmoid): P(failure within horizon).
+
+    ``window_features``: the stack also reads each value's change since the
+    window start, and a dense branch on the window summary joins it before the
+    output. ``n_values``: how many leading input columns are values (the rest
+    are "reported" indicators); default all.
+    """
     if cell not in _CELLS:
         raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
     _check(window, n_features, depth=depth, width=width)
     _check_dropout(dropout)
+    values = _n_values(n_features, n_values)
     inputs = _inputs(window, n_features)
-    x = _stack(inputs, cell, depth, width, dropout, "encoder")
+    x = _stack(_with_change(inputs, values) if window_features else inputs, cell, depth, width, dropout, "encoder")
+    if window_features:
+        x = _join(x, _summary_branch(inputs, values, width), width, dropout)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
     return _compile_classifier(keras.Model(inputs, outputs, name=CLASSIFIER), learning_rate)
 
@@ -146,8 +191,12 @@ def build_cnn_lstm_classifier(
     width: int = 64,
     dropout: float = 0.2,
     learning_rate: float = 1e-3,
+    window_features: bool = False,
+    n_values: int | None = None,
 ) -> keras.Model:
     """Conv1D (local patterns) → MaxPool1D → LSTM → Dense(1, sigmoid).
+
+    ``window_features``/``n_values`` as in :func:`build_classifier`.
 
     The pool is capped at ``window // 2`` (at least 1) and pads "same", so
     even a 2–4 step window keeps at least one step for the LSTM.
@@ -155,14 +204,49 @@ def build_cnn_lstm_classifier(
     _check(window, n_features, filters=filters, kernel_size=kernel_size, pool_size=pool_size, width=width)
     _check_dropout(dropout)
     pool = max(1, min(int(pool_size), int(window) // 2))
+    values = _n_values(n_features, n_values)
     inputs = _inputs(window, n_features)
-    x = keras.layers.Conv1D(filters, kernel_size, padding="same", activation="relu", name="conv")(inputs)
+    seq = _with_change(inputs, values) if window_features else inputs
+    x = keras.layers.Conv1D(filters, kernel_size, padding="same", activation="relu", name="conv")(seq)
     x = keras.layers.MaxPooling1D(pool_size=pool, padding="same", name="pool")(x)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="conv_dropout")(x)
     x = _recurrent("lstm", width, return_sequences=False, name="encoder_lstm_0")(x)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name="encoder_dropout_0")(x)
+    if window_features:
+        x = _join(x, _summary_branch(inputs, values, width), width, dropout)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    return _compile_classifier(keras.Model(inputs, outputs, name=CLASSIFIER), learning_rate)
+
+
+def build_mlp_classifier(
+    window: int,
+    n_features: int,
+    *,
+    depth: int = 2,
+    width: int = 64,
+    dropout: float = 0.2,
+    learning_rate: float = 1e-3,
+    n_values: int | None = None,
+    window_features: bool = True,
+) -> keras.Model:
+    """Dense layers on the window summary only → Dense(1, sigmoid): no recurrence at all.
+
+    The control for the sequence models: what the summary alone is worth.
+    ``window_features`` is accepted for a uniform call and must stay True.
+    """
+    if not window_features:
+        raise ValueError("the mlp classifier reads the window summary: window_features must be True")
+    _check(window, n_features, depth=depth, width=width)
+    _check_dropout(dropout)
+    values = _n_values(n_features, n_values)
+    inputs = _inputs(window, n_features)
+    x = WindowSummary(values, name="window_summary")(inputs)
+    for i in range(depth):
+        x = keras.layers.Dense(width, activation="relu", name=f"dense_{i}")(x)
+        if dropout > 0:
+            x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
     return _compile_classifier(keras.Model(inputs, outputs, name=CLASSIFIER), learning_rate)
 
@@ -269,6 +353,7 @@ def build(kind: str, window: int, n_features: int, **hp: Any) -> keras.Model:
         return build_classifier(window, n_features, cell=kind, **hp)  # type: ignore[arg-type]
     builders: dict[str, Callable[..., keras.Model]] = {
         "cnn-lstm": build_cnn_lstm_classifier,
+        "mlp": build_mlp_classifier,
         "ae-lstm": build_lstm_autoencoder,
         "ae-conv": build_conv_autoencoder,
         "rul": build_rul_regressor,

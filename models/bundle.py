@@ -274,6 +274,8 @@ def load_bundle(path: Path | str) -> Bundle:
     """Verify then load a bundle; raises :class:`BundleError` with the reason."""
     import keras
 
+    import diskwatch.models.layers  # noqa: F401  (registers the window layers a model may hold)
+
     path = Path(path)
     manifest = read_manifest(path)
     loaded: dict[str, Any] = {}
@@ -290,7 +292,7 @@ def load_bundle(path: Path | str) -> Bundle:
 
 def _check_shape(path: Path, role: str, model: Any, manifest: BundleManifest) -> None:
     shape = tuple(model.inputs[0].shape)[1:]
-    want = (manifest.window.window, manifest.feature_spec.n_features)
+    want = (manifest.window.window, manifest.feature_spec.n_inputs)
     if shape != want:
         raise BundleError(
             f"{path}: {role} expects windows of shape {shape} but the manifest says (window, features) = {want}"

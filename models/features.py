@@ -6,8 +6,12 @@ A :class:`FeatureSpec` says which SMART columns become model inputs and how:
 2. **transform** — ``log1p`` for heavy-tailed counters, identity otherwise;
 3. **fill** — forward-fill within a serial's window (a missing day repeats the
    last report), then any NaN left (attribute never reported in the window)
-   takes the feature's fill value: the training mean, which a scaled input
-   sees as "typical" rather than "zero";
+   takes the feature's fill value: the training mean (``fill_mode="mean"``),
+   or a neutral value (``"neutral"``: the lowest training value of a counter,
+   i.e. "nothing counted", the mean otherwise) — a Seagate-dominated mean
+   would put a fake signal on every drive of a vendor that never reports 187;
+   with ``indicators`` each feature also gets a 0/1 "reported" column, so
+   "not reported" stays distinct from any value;
 4. **scale** — min-max to [0, 1] with bounds fitted on the *training split
    only* and stored in the bundle; values beyond the training range are kept
    (clipped to ``clip``) because extremes are exactly what we must notice.
@@ -86,6 +90,10 @@ class FeatureSpec(BaseModel):
 
     features: tuple[Feature, ...] = DEFAULT_FEATURES
     clip: tuple[float, float] = (-1.0, 10.0)
+    #: Append one 0/1 "reported" column per feature to the model input (after the values).
+    indicators: bool = False
+    #: What an attribute the window never reported becomes (see the module docstring).
+    fill_mode: Literal["mean", "neutral"] = "mean"
     #: Fitted on the training split (None until :func:`fit`): per-feature
     #: lower/upper bound of the transformed values and the fill value.
     lower: tuple[float, ...] | None = None
@@ -113,6 +121,15 @@ class FeatureSpec(BaseModel):
     @property
     def n_features(self) -> int:
         return len(self.features)
+
+    @property
+    def n_inputs(self) -> int:
+        """Columns of a finalized window: the features, plus their "reported" indicators."""
+        return self.n_features * (2 if self.indicators else 1)
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.names + ([f"{n}_reported" for n in self.names] if self.indicators else [])
 
     @property
     def is_fitted(self) -> bool:
@@ -194,17 +211,23 @@ class FeatureSpec(BaseModel):
         if not self.is_fitted:
             raise RuntimeError("FeatureSpec is not fitted: call fit_scaler() on training data first")
         x = forward_fill(np.asarray(windows, dtype=np.float32))
+        missing = np.isnan(x)
         lower = np.asarray(self.lower, dtype=np.float32)
         span = np.asarray(self.upper, dtype=np.float32) - lower
         span[span <= 0] = 1.0
         fill = np.asarray(self.fill, dtype=np.float32)
-        x = np.where(np.isnan(x), fill, x)
-        x = (x - lower) / span
-        return np.clip(x, self.clip[0], self.clip[1]).astype(np.float32)
+        x = np.where(missing, fill, x)
+        x = np.clip((x - lower) / span, self.clip[0], self.clip[1]).astype(np.float32)
+        if self.indicators:
+            x = np.concatenate([x, (~missing).astype(np.float32)], axis=-1)
+        return x
 
     def fitted(self, stats: ScalerStats) -> FeatureSpec:
         """A copy of this spec with scaling fitted from training statistics."""
         lower, upper, fill = stats.bounds()
+        if self.fill_mode == "neutral":
+            fill = tuple(lo if f.transform == "log1p" else m for f, lo, m in zip(self.features, lower, fill,
+                                                                                   strict=True))
         return self.model_copy(update={"lower": lower, "upper": upper, "fill": fill})
 
 

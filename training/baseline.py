@@ -35,7 +35,7 @@ def day_features(spec: FeatureSpec, windows: np.ndarray) -> np.ndarray:
 
 def _features(store: WindowStore, idx: np.ndarray, spec: FeatureSpec, batch: int = 65536) -> np.ndarray:
     parts = [day_features(spec, store.load(idx[i : i + batch])) for i in range(0, idx.size, batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, spec.n_features), np.float32)
+    return np.concatenate(parts) if parts else np.zeros((0, spec.n_inputs), np.float32)
 
 
 def fit(
@@ -89,3 +89,8 @@ def load(path: Path) -> tuple[Any, float]:
     model.load_model(path)
     threshold = float(model.get_booster().attr("diskwatch_threshold") or 0.5)
     return model, threshold
+
+
+def predict(model: Any, windows: np.ndarray) -> np.ndarray:
+    """Failure probability of each finalised window's last day, float32."""
+    return model.predict_proba(windows[:, -1, :])[:, 1].astype(np.float32)

@@ -1,7 +1,8 @@
 """Evaluation metrics for failure detectors: window-level and drive-level.
 
-Everything here is plain numpy (no scikit-learn at run time). Inputs are
-per-window arrays aligned on axis 0:
+Window curves and AUCs come from scikit-learn; what no library has — the
+drive-level detection/false-alarm metrics and thresholds — is plain numpy.
+Inputs are per-window arrays aligned on axis 0:
 
 * ``score``: float, higher = more likely failing;
 * ``label``: 0/1 per :func:`models.windows.label` (``0 <= f - d <= L``);
@@ -30,10 +31,13 @@ to JSON as ``null``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 
 __all__ = [
     "average_precision",
@@ -76,23 +80,6 @@ def _none_if_nan(x: float) -> float | None:
 
 def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den else None
-
-
-def _confusion_at_thresholds(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fps, tps, thresholds) at each distinct score, thresholds descending.
-
-    ``tps[i]``/``fps[i]`` count the windows with ``score >= thresholds[i]``;
-    tied scores are one threshold (as in sklearn's ``_binary_clf_curve``).
-    """
-    order = np.argsort(s, kind="mergesort")[::-1]
-    s_sorted = s[order]
-    y_sorted = y[order]
-    # last index of each run of equal scores
-    distinct = np.flatnonzero(np.diff(s_sorted))
-    ends = np.r_[distinct, y_sorted.size - 1]
-    tps = np.cumsum(y_sorted, dtype=np.int64)[ends]
-    fps = (ends + 1) - tps
-    return fps, tps, s_sorted[ends]
 
 
 def _just_above(value: Any, like: np.ndarray) -> float:
@@ -160,78 +147,72 @@ def _drive_arrays(
     return inv, n, end, fail
 
 
-def _qualifying(end: np.ndarray, fail: np.ndarray, lead_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mask of windows in a failed drive's detection range, days before failure)."""
+def _qualifying(
+    end: np.ndarray, fail: np.ndarray, lead_max: int, min_lead: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of windows in a failed drive's detection range, days before failure).
+
+    The range is ``min_lead <= failure_day - end_day <= lead_max``: an alert on
+    the failure day itself (lead 0) gives no warning, so reports count from 1.
+    """
     if lead_max < 0:
         raise ValueError(f"lead_max must be >= 0, got {lead_max}")
+    if not 0 <= min_lead <= lead_max:
+        raise ValueError(f"min_lead must be in [0, lead_max], got {min_lead}")
     lead = fail - end
-    return (fail >= 0) & (lead >= 0) & (lead <= lead_max), lead
+    return (fail >= 0) & (lead >= min_lead) & (lead <= lead_max), lead
 
 
-# --------------------------------------------------------------------------- window curves
+# --------------------------------------------------------------------------- window curves (scikit-learn)
 
 
 def roc_curve(label: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC as ``(fpr, tpr, thresholds)``, thresholds descending, starting at ``inf``.
+    """``sklearn.metrics.roc_curve(..., drop_intermediate=False)`` with validated input.
 
-    Same points as ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``:
-    one point per distinct score (ties are one step) plus the ``(0, 0)`` start.
     With no negatives (positives) ``fpr`` (``tpr``) is NaN; empty input gives
-    ``([nan], [nan], [inf])``.
+    ``([nan], [nan], [inf])`` instead of an exception.
     """
     y, s = _labels_scores(label, score)
     if y.size == 0:
         return np.array([np.nan]), np.array([np.nan]), np.array([np.inf])
-    fps, tps, thr = _confusion_at_thresholds(y, s)
-    fps = np.r_[0, fps]
-    tps = np.r_[0, tps]
-    n_pos, n_neg = tps[-1], fps[-1]
-    fpr = fps / n_neg if n_neg else np.full(fps.shape, np.nan)
-    tpr = tps / n_pos if n_pos else np.full(tps.shape, np.nan)
-    return fpr.astype(np.float64), tpr.astype(np.float64), np.r_[np.inf, thr.astype(np.float64)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
+    return fpr.astype(np.float64), tpr.astype(np.float64), thr.astype(np.float64)
 
 
 def pr_curve(label: Any, score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision-recall as ``(precision, recall, thresholds)``, sklearn's layout.
+    """``sklearn.metrics.precision_recall_curve(..., drop_intermediate=False)``.
 
-    ``thresholds`` ascend over the distinct scores; ``precision[i]`` and
-    ``recall[i]`` hold for ``score >= thresholds[i]``; a final ``(1, 0)`` point
-    closes the curve (so the arrays are one longer than ``thresholds``). With no
-    positives recall is NaN (sklearn sets 1 and warns); empty input gives
-    ``([nan], [nan], [])``.
+    Without positives recall is NaN (sklearn sets 1 and warns); empty input
+    gives ``([nan], [nan], [])``.
     """
     y, s = _labels_scores(label, score)
     if y.size == 0:
         return np.array([np.nan]), np.array([np.nan]), np.zeros(0)
-    fps, tps, thr = _confusion_at_thresholds(y, s)
-    precision = tps / (tps + fps)  # tps + fps >= 1 at every distinct score
-    recall = tps / tps[-1] if tps[-1] else np.full(tps.shape, np.nan)
-    return (
-        np.r_[precision[::-1], 1.0].astype(np.float64),
-        np.r_[recall[::-1], 0.0].astype(np.float64),
-        thr[::-1].astype(np.float64),
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", message="No positive class found")
+        precision, recall, thr = skm.precision_recall_curve(y, s, drop_intermediate=False)
+    if not y.any():
+        recall = np.r_[np.full(recall.size - 1, np.nan), 0.0]
+    return precision.astype(np.float64), recall.astype(np.float64), thr.astype(np.float64)
+
+
+def _two_classes(y: np.ndarray) -> bool:
+    return bool(y.size and y.any() and not y.all())
 
 
 def roc_auc(label: Any, score: Any) -> float:
-    """Area under the ROC (trapezoids; ties handled as one diagonal step); NaN if degenerate."""
-    y, _ = _labels_scores(label, score)
-    if y.size == 0 or y.all() or not y.any():
-        return math.nan
-    fpr, tpr, _ = roc_curve(label, score)
-    return float(np.trapezoid(tpr, fpr))
+    """``sklearn.metrics.roc_auc_score``; NaN if degenerate (empty or one class)."""
+    y, s = _labels_scores(label, score)
+    return float(skm.roc_auc_score(y, s)) if _two_classes(y) else math.nan
 
 
 def average_precision(label: Any, score: Any) -> float:
-    """PR-AUC as sklearn's ``average_precision_score``: ``sum((R_n - R_{n-1}) P_n)``.
-
-    NaN when degenerate (empty or one class only).
-    """
-    y, _ = _labels_scores(label, score)
-    if y.size == 0 or y.all() or not y.any():
-        return math.nan
-    precision, recall, _ = pr_curve(label, score)
-    return float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))
+    """``sklearn.metrics.average_precision_score``; NaN if degenerate."""
+    y, s = _labels_scores(label, score)
+    return float(skm.average_precision_score(y, s)) if _two_classes(y) else math.nan
 
 
 # --------------------------------------------------------------------------- window / drive summaries
@@ -262,14 +243,14 @@ def window_metrics(label: Any, score: Any, threshold: float) -> dict[str, Any]:
 
 
 def _detections(
-    alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int
+    alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int, min_lead: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per drive: (failed, detected, false_alarm, lead days of the first qualifying alert or -1)."""
     a = np.asarray(alert).ravel().astype(bool)
     inv, n, end, fail = _drive_arrays(serial, end_day, failure_day, a.size)
     drive_fail = _per_drive_failure(inv, n, fail)
     failed = drive_fail >= 0
-    qual, lead = _qualifying(end, fail, lead_max)
+    qual, lead = _qualifying(end, fail, lead_max, min_lead)
     hit = a & qual
     lead_first = np.full(n, -1, dtype=np.int64)
     np.maximum.at(lead_first, inv[hit], lead[hit])  # earliest alert = largest lead
@@ -280,11 +261,13 @@ def _detections(
     return failed, detected, false_alarm, lead_first
 
 
-def drive_metrics(alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int) -> dict[str, Any]:
+def drive_metrics(
+    alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int, *, min_lead: int = 0
+) -> dict[str, Any]:
     """Drive-level detection vs false alarms.
 
     A failed drive (``failure_day >= 0``) is *detected* when an alert fires on a
-    window with ``0 <= failure_day - end_day <= lead_max``; its lead is the
+    window with ``min_lead <= failure_day - end_day <= lead_max``; its lead is the
     days from the earliest such alert to the failure. Alerts on a failed drive
     earlier than ``lead_max`` days are neither detections nor false alarms. A
     healthy drive is a *false alarm* when any alert fires on it. A failed drive
@@ -293,7 +276,9 @@ def drive_metrics(alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_
     Keys: failed, detected, detection_rate, healthy, false_alarms,
     false_alarm_rate, median_lead_days (``None`` when undefined).
     """
-    failed, detected, false_alarm, lead_first = _detections(alert, serial, end_day, failure_day, lead_max)
+    failed, detected, false_alarm, lead_first = _detections(
+        alert, serial, end_day, failure_day, lead_max, min_lead
+    )
     n_failed = int(failed.sum())
     n_detected = int(detected.sum())
     n_healthy = int((~failed).sum())
@@ -310,9 +295,11 @@ def drive_metrics(alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_
     }
 
 
-def lead_times(alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int) -> np.ndarray:
+def lead_times(
+    alert: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int, *, min_lead: int = 0
+) -> np.ndarray:
     """Lead days (first qualifying alert to failure) of each detected drive, int64, by sorted serial."""
-    _, detected, _, lead_first = _detections(alert, serial, end_day, failure_day, lead_max)
+    _, detected, _, lead_first = _detections(alert, serial, end_day, failure_day, lead_max, min_lead)
     return lead_first[detected]
 
 
@@ -328,10 +315,13 @@ def threshold_max_f1(label: Any, score: Any) -> float:
     n_pos = int(y.sum())
     if n_pos == 0:
         return math.nan
-    fps, tps, thr = _confusion_at_thresholds(y, s)
-    # 2tp / (2tp + fp + fn) with fn = P - tp; equal rationals give equal floats, so ties are exact
+    fpr, tpr, thr = roc_curve(y, s)
+    n_neg = y.size - n_pos
+    # Integer counts back from the rates (exact after rounding), so equal F1s tie exactly.
+    tps = np.rint(tpr[1:] * n_pos).astype(np.int64)
+    fps = np.rint(np.nan_to_num(fpr[1:]) * n_neg).astype(np.int64)
     f1 = 2.0 * tps / (tps + fps + n_pos)
-    return float(thr[int(np.argmax(f1))])  # thresholds descend: first max = highest threshold
+    return float(thr[1:][int(np.argmax(f1))])  # thresholds descend: first max = highest threshold
 
 
 def threshold_for_drive_far(score: Any, serial: Any, failure_day: Any, target_far: float) -> float:
@@ -372,14 +362,14 @@ def threshold_for_window_fpr(label: Any, score: Any, target_fpr: float) -> float
 
 
 def _drive_score_maxima(
-    score: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int
+    score: Any, serial: Any, end_day: Any, failure_day: Any, lead_max: int, min_lead: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per failed drive the max score in its detection range (-inf if none), per healthy drive
     the max score, and the validated score array."""
     _, s = _labels_scores(np.zeros(np.asarray(score).size, dtype=np.int8), np.asarray(score).ravel())
     inv, n, end, fail = _drive_arrays(serial, end_day, failure_day, s.size)
     drive_fail = _per_drive_failure(inv, n, fail)
-    qual, _ = _qualifying(end, fail, lead_max)
+    qual, _ = _qualifying(end, fail, lead_max, min_lead)
     s64 = s.astype(np.float64)
     fmax = np.full(n, -np.inf)
     np.maximum.at(fmax, inv[qual], s64[qual])
@@ -396,6 +386,8 @@ def detection_vs_far_curve(
     failure_day: Any,
     lead_max: int,
     n_points: int | None = 50,
+    *,
+    min_lead: int = 0,
 ) -> list[dict[str, float | None]]:
     """Drive detection rate vs false-alarm rate across thresholds, highest threshold first.
 
@@ -406,7 +398,7 @@ def detection_vs_far_curve(
     ``{"threshold", "detection_rate", "false_alarm_rate"}``; a rate is ``None``
     when there are no failed (healthy) drives.
     """
-    fmax, hmax, s = _drive_score_maxima(score, serial, end_day, failure_day, lead_max)
+    fmax, hmax, s = _drive_score_maxima(score, serial, end_day, failure_day, lead_max, min_lead)
     values = np.r_[fmax, hmax]
     values = values[np.isfinite(values)]
     if values.size == 0:
@@ -476,11 +468,13 @@ def summarize_detector(
     end_day: Any,
     failure_day: Any,
     lead_max: int,
+    *,
+    min_lead: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """``{"window": window_metrics(...), "drive": drive_metrics(...)}`` at ``threshold``."""
     s = np.asarray(score).ravel()
     alert = s >= threshold
     return {
         "window": window_metrics(label, s, threshold),
-        "drive": drive_metrics(alert, serial, end_day, failure_day, lead_max),
+        "drive": drive_metrics(alert, serial, end_day, failure_day, lead_max, min_lead=min_lead),
     }

@@ -47,7 +47,7 @@ __all__ = ["DETECTOR_ORDER", "write_report"]
 
 DETECTOR_ORDER = ("classifier", "autoencoder", "combined", "smart_rule", "xgboost")
 _RESERVED_CURVES = {"detectors", "ae_error", "far_curve", "lead_days", "history"}
-_EQUAL_FAR = (0.001, 0.01, 0.05)
+_EQUAL_FAR = (0.001, 0.005, 0.01, 0.02, 0.05)
 _DPI = 100
 _MAX_PLOT_POINTS = 2000
 
@@ -341,6 +341,59 @@ def _equal_far_table(far_curves: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _ceiling_block(ceiling: Any) -> list[str]:
+    if not isinstance(ceiling, Mapping) or not ceiling.get("failed_drives"):
+        return []
+    lines = [
+        f"{ceiling['with_signal']} of {ceiling['failed_drives']} failed drives "
+        f"({_fmt(ceiling.get('ceiling'))}) show a non-zero raw SMART 5/187/188/197/198 in a window of their "
+        "detection range: the ceiling for any detector reading these attributes.",
+        "",
+        "| detector | detected / ceiling drives |",
+        "|---|---|",
+    ]
+    share = ceiling.get("detection_share_of_ceiling") or {}
+    lines += [f"| {name} | {_fmt(share[name])} |" for name in _ordered(list(share))]
+    return lines
+
+
+def _lead0_table(lead0: Any, dets: dict[str, dict[str, Any]]) -> list[str]:
+    if not isinstance(lead0, Mapping) or not lead0:
+        return []
+    lines = ["| detector | detected (lead ≥ min) | detected (lead ≥ 0) |", "|---|---|---|"]
+    for name in _ordered(list(lead0)):
+        d, d0 = (dets.get(name) or {}).get("drive") or {}, lead0[name]
+        lines.append(
+            f"| {name} | {_count_rate(d.get('detection_rate'), d.get('detected'), d.get('failed'))} "
+            f"| {_count_rate(d0.get('detection_rate'), d0.get('detected'), d0.get('failed'))} |"
+        )
+    return lines
+
+
+def _lead_table(dist: Any) -> list[str]:
+    if not isinstance(dist, Mapping) or not dist:
+        return []
+    lines = ["| detector | detected drives by lead days (days: drives) | quartiles |", "|---|---|---|"]
+    for name in _ordered(list(dist)):
+        counts = dist[name].get("counts") or {}
+        text = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: int(kv[0])))
+        quart = dist[name].get("quartiles")
+        lines.append(f"| {name} | {text or '—'} | {'/'.join(_fmt(q, 0) for q in quart) if quart else '—'} |")
+    return lines
+
+
+def _family_table(rows: Any) -> list[str]:
+    if not isinstance(rows, list) or not rows:
+        return []
+    names = _ordered([k for k, v in rows[0].items() if isinstance(v, Mapping)])
+    head = " | ".join(f"{n} det / FA" for n in names)
+    lines = [f"| model | drives | failed | healthy | {head} |", "|---" * (4 + len(names)) + "|"]
+    for row in rows:
+        cells = " | ".join(f"{row[n]['detected']} / {row[n]['false_alarms']}" for n in names)
+        lines.append(f"| {row['family']} | {row['drives']} | {row['failed']} | {row['healthy']} | {cells} |")
+    return lines
+
+
 def _data_block(data: Any) -> list[str]:
     if not isinstance(data, Mapping) or not data:
         return ["_No data description given._"]
@@ -424,6 +477,16 @@ def write_report(out_dir: Path, metrics: dict, curves: dict, *, title: str) -> P
     if equal_far:
         lines += ["### Drive detection rate at equal false-alarm rate", "", *equal_far, ""]
     lines += fig("far", "drive detection vs false-alarm rate")
+    for heading, block in (
+        ("### Signal ceiling", _ceiling_block(metrics.get("ceiling"))),
+        ("### False alarms per 1,000 healthy drive-months (a unit that does not depend on the period length)",
+         [f"- {n}: {_fmt(v, 2)}" for n, v in (metrics.get("false_alarms_per_1000_drive_months") or {}).items()]),
+        ("### Detections counting the failure day (lead 0)", _lead0_table(metrics.get("lead0"), det_metrics)),
+        ("### Lead times (at each detector's own threshold)", _lead_table(metrics.get("lead_distribution"))),
+        ("### Per drive model (own thresholds; detected / false alarms)", _family_table(metrics.get("families"))),
+    ):
+        if block:
+            lines += [heading, "", *block, ""]
     lines += fig("lead", "lead time histogram")
     window_figs = fig("roc", "ROC") + fig("pr", "precision-recall") + fig("confusion", "confusion matrices")
     if window_figs:

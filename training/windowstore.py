@@ -240,13 +240,13 @@ class WindowStore:
             self._shards.append(np.load(self.root / "shards" / f"{name}.x.npy", mmap_mode="r"))
         return self._shards[k]
 
-    def fit_scaler(self, indices: np.ndarray, chunk: int = 65536) -> FeatureSpec:
-        """Fit min/max/fill on the given (training) windows' last steps."""
+    def fit_scaler(self, indices: np.ndarray, chunk: int = 65536, *, spec: FeatureSpec | None = None) -> FeatureSpec:
+        """Fit min/max/fill on the given (training) windows; ``spec``: the store's, with other options."""
         stats = ScalerStats(self.spec.n_features)
         for start in range(0, indices.size, chunk):
             windows = self.load(indices[start : start + chunk])
             stats.update(windows.reshape(-1, self.spec.n_features))
-        return self.spec.fitted(stats)
+        return (spec or self.spec).fitted(stats)
 
     def iter_batches(
         self, indices: np.ndarray, spec: FeatureSpec, batch_size: int = 1024

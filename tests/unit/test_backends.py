@@ -21,7 +21,7 @@ SCORE = """
 import json, sys, numpy as np, keras
 from diskwatch.models.bundle import load_bundle
 b = load_bundle(sys.argv[1])
-x = np.random.default_rng(0).random((37, b.window.window, b.spec.n_features), dtype=np.float32)
+x = np.random.default_rng(0).random((37, b.window.window, b.spec.n_inputs), dtype=np.float32)
 s = b.scorer().score(x)
 print(json.dumps({"backend": keras.backend.backend(), "p": s.probability.tolist(), "e": s.feature_error.tolist()}))
 """
@@ -35,13 +35,15 @@ def score_with(backend: str, bundle: Path) -> dict:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install .[jax])")
-def test_tensorflow_bundle_scores_identically_on_jax(tmp_path: Path) -> None:
-    spec = FeatureSpec()
+@pytest.mark.parametrize("window_features", [False, True], ids=["plain", "window-features+indicators"])
+def test_tensorflow_bundle_scores_identically_on_jax(tmp_path: Path, window_features: bool) -> None:
+    spec = FeatureSpec(indicators=window_features)
     stats = ScalerStats(spec.n_features)
     stats.update(np.random.default_rng(1).random((50, spec.n_features)))
     window = WindowConfig(window=6, horizon=3, max_gap=2)
-    models = {"classifier": build("lstm", 6, spec.n_features, width=8, depth=2),
-              "autoencoder": build("ae-lstm", 6, spec.n_features, width=8, latent=4)}
+    extra = {"window_features": True, "n_values": spec.n_features} if window_features else {}
+    models = {"classifier": build("lstm", 6, spec.n_inputs, width=8, depth=2, **extra),
+              "autoencoder": build("ae-lstm", 6, spec.n_inputs, width=8, latent=4)}
     bundle = save_bundle(tmp_path / "b", models=models, spec=spec.fitted(stats), window=window,
                          thresholds=Thresholds(classifier=0.5, classifier_method="t", autoencoder=0.1,
                                                autoencoder_method="t"))

@@ -33,6 +33,7 @@ TINY: dict[str, dict] = {
     "gru": {"width": 4, "depth": 2},
     "rnn": {"width": 4, "depth": 2},
     "cnn-lstm": {"filters": 4, "width": 4},
+    "mlp": {"width": 4, "depth": 1},
     "ae-lstm": {"width": 4, "latent": 2},
     "ae-conv": {"filters": 4},
     "rul": {"width": 4},
@@ -61,7 +62,7 @@ def data(kind: str, window: int = WINDOW, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def test_kinds_are_the_documented_set() -> None:
-    assert set(KINDS) == {"lstm", "gru", "rnn", "cnn-lstm", "ae-lstm", "ae-conv", "rul"}
+    assert set(KINDS) == {"lstm", "gru", "rnn", "cnn-lstm", "mlp", "ae-lstm", "ae-conv", "rul"}
     assert set(KIND_ROLES.values()) == {"classifier", "autoencoder", "rul"}
 
 

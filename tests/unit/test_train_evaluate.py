@@ -110,3 +110,40 @@ def test_feature_vectors_agree_on_real_rows(backblaze_dir: Path) -> None:
     for i in range(0, len(rows), 97):
         vector = spec.record_vector(TelemetryRecord.from_backblaze_row(rows[i]))
         np.testing.assert_array_equal(vector, matrix[i])
+
+
+def test_compare_prints_one_row_per_variant(fleet: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    result = CliRunner().invoke(app, [
+        "compare", "--data", str(fleet), "--time-split", "2024-01-25", "--variants", "mlp+ind,xgboost",
+        "--window", "7", "--horizon", "5", "--epochs", "1", "--out", str(out), "--cache", str(tmp_path / "cache"),
+    ])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["variant"] for r in rows] == ["mlp+ind", "xgboost"]
+    for row in rows:
+        assert set(row["detection_at_far"]) == {"0.001", "0.005", "0.01", "0.02", "0.05"}
+        rates = [v for v in row["detection_at_far"].values() if v is not None]
+        assert rates == sorted(rates) and all(0.0 <= v <= 1.0 for v in rates)
+    assert "| mlp+ind |" in (out / "compare.md").read_text()
+
+
+def test_evaluate_reports_ceiling_far_grid_and_lead0(trained: Path, fleet: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(trained), "--data", str(fleet), "--out", str(out),
+                                      "--split", "all"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["min_lead_days"] == 1
+    assert set(metrics["at_far"]["combined"]) == {"0.001", "0.005", "0.01", "0.02", "0.05"}
+    for name in ("classifier", "combined", "smart_rule"):
+        # counting the failure day too can only add detections
+        assert metrics["lead0"][name]["detected"] >= metrics[name]["drive"]["detected"]
+    per_months = metrics["false_alarms_per_1000_drive_months"]
+    assert all(v >= 0 for v in per_months.values())
+    assert (per_months["combined"] == 0) == (metrics["combined"]["drive"]["false_alarms"] == 0)
+    ceiling = metrics["ceiling"]
+    assert 0 <= ceiling["with_signal"] <= ceiling["failed_drives"] == metrics["combined"]["drive"]["failed"]
+    assert metrics["families"] and sum(r["failed"] for r in metrics["families"]) == ceiling["failed_drives"]
+    report = (out / "report.md").read_text()
+    assert "Signal ceiling" in report and "lead 0" in report

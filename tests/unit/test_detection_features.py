@@ -1,0 +1,167 @@
+"""Detection features: reported indicators, neutral fill, window layers, min-lead, ceiling, compare variants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diskwatch.models.alerting import top_reasons
+from diskwatch.models.features import FeatureSpec, ScalerStats
+from diskwatch.training.compare import Variant
+from diskwatch.training.evaluate import ScoredWindows, family_table, signal_ceiling
+from diskwatch.training.metrics import detection_at_far, detection_vs_far_curve, drive_metrics, lead_times
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _fitted(**options: object) -> FeatureSpec:
+    spec = FeatureSpec.from_names(["smart_5_raw", "smart_187_raw", "smart_9_raw"]).model_copy(update=options)
+    stats = ScalerStats(3)
+    # 187 only ever reported as large values (a Seagate-only attribute): mean far from "nothing counted"
+    stats.update(spec.transform(np.array([[0, 10_000, 100], [0, 20_000, 200], [8, np.nan, 300]], dtype=float)))
+    return spec.fitted(stats)
+
+
+def test_indicators_add_a_reported_column_per_feature() -> None:
+    spec = _fitted(indicators=True)
+    assert spec.n_features == 3 and spec.n_inputs == 6
+    assert spec.input_names[3:] == ["smart_5_raw_reported", "smart_187_raw_reported", "smart_9_raw_reported"]
+    window = spec.transform(np.array([[0, np.nan, 150], [np.nan, np.nan, 160]], dtype=float))[None]
+    x = spec.finalize(window)
+    assert x.shape == (1, 2, 6)
+    # 187 never reported → 0 in its indicator; 5 forward-filled on day 2 → still reported
+    np.testing.assert_array_equal(x[0, :, 3:], [[1, 0, 1], [1, 0, 1]])
+
+
+def test_neutral_fill_is_nothing_counted_not_the_vendor_mean() -> None:
+    window = FeatureSpec.from_names(["smart_5_raw", "smart_187_raw", "smart_9_raw"]).transform(
+        np.array([[0, np.nan, 150]], dtype=float))[None]
+    mean_fill = _fitted().finalize(window)[0, 0, 1]
+    neutral_fill = _fitted(fill_mode="neutral").finalize(window)[0, 0, 1]
+    assert mean_fill > 0.5  # the mean of large 187 counts: a fake signal on a drive that never reports 187
+    assert neutral_fill == pytest.approx(0.0)
+
+
+def test_old_specs_finalize_as_before() -> None:
+    spec = _fitted()
+    assert spec.n_inputs == spec.n_features and not spec.indicators and spec.fill_mode == "mean"
+    assert spec.finalize(np.zeros((2, 4, 3), np.float32)).shape == (2, 4, 3)
+
+
+def test_window_summary_reads_what_a_human_reads() -> None:
+    from diskwatch.models.layers import WindowChange, WindowSummary
+
+    counter = [0.0, 0.0, 0.1, 0.1, 0.3]  # rose on steps 2 and 4 of 0..4
+    flat = [0.5] * 5
+    reported = [1.0] * 5
+    x = np.array([np.stack([counter, flat, reported], axis=-1)], dtype=np.float32)  # [1, 5, 3], 2 values
+    out = np.asarray(WindowSummary(2)(x))
+    last, change, peak, rises, since = (out[0, 2 * i : 2 * i + 2] for i in range(5))
+    np.testing.assert_allclose(last, [0.3, 0.5])
+    np.testing.assert_allclose(change, [0.3, 0.0], atol=1e-6)
+    np.testing.assert_allclose(peak, [0.3, 0.5])
+    np.testing.assert_allclose(rises, [2 / 4, 0.0])
+    np.testing.assert_allclose(since, [0.0, 1.0])  # rose on the last day; never rose
+    np.testing.assert_allclose(out[0, 10:], [1.0])  # the indicator column of the last day
+    np.testing.assert_allclose(np.asarray(WindowChange(2)(x))[0, :, 0], [0, 0, 0.1, 0.1, 0.3], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "cnn-lstm", "mlp"])
+def test_window_feature_models_round_trip_in_safe_mode(kind: str, tmp_path) -> None:
+    import keras
+
+    from diskwatch.models.architectures import build
+
+    x = np.random.default_rng(0).random((8, 6, 4)).astype(np.float32)
+    model = build(kind, 6, 4, width=4, window_features=True, n_values=2)
+    assert any(layer.name == "window_summary" for layer in model.layers)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-6)
+
+
+def test_top_reasons_ignore_indicator_columns() -> None:
+    spec = _fitted(indicators=True)
+    error = np.array([[0.1, 0.0, 0.0, 5.0, 5.0, 5.0]])  # large errors only on indicators
+    [reasons] = top_reasons(error, spec, 3)
+    assert [r[1] for r in reasons] == ["smart_5_raw"]
+
+
+def test_min_lead_excludes_failure_day_alerts() -> None:
+    serial = np.array([0, 0, 1])
+    end_day = np.array([9, 10, 10])
+    failure_day = np.array([10, 10, -1])
+    alert = np.array([False, True, False])  # the failed drive alerts only on its failure day
+    assert drive_metrics(alert, serial, end_day, failure_day, 7)["detected"] == 1
+    assert drive_metrics(alert, serial, end_day, failure_day, 7, min_lead=1)["detected"] == 0
+    assert lead_times(alert | (end_day == 9), serial, end_day, failure_day, 7, min_lead=1).tolist() == [1]
+    curve = detection_vs_far_curve(alert.astype(float), serial, end_day, failure_day, 7, None, min_lead=1)
+    assert detection_at_far(curve, 0.5) == 0.0  # only "alert on everything" (FAR 1) reaches the drive
+    with pytest.raises(ValueError, match="min_lead"):
+        drive_metrics(alert, serial, end_day, failure_day, 3, min_lead=4)
+
+
+def _scored() -> ScoredWindows:
+    # drive 0 fails on day 10 with a critical counter; 1 fails silently; 2, 3 healthy
+    serial = np.array([0, 0, 1, 2, 3])
+    end = np.array([8, 9, 9, 9, 9])
+    fail = np.array([10, 10, 12, -1, -1])
+    zeros = np.zeros(5, np.float32)
+    return ScoredWindows(
+        serial=serial, end_day=end, failure_day=fail, probability=np.array([0, .9, .1, .2, .95], np.float32),
+        anomaly=zeros, smart_rule=zeros, critical_any=np.array([False, True, False, True, False]),
+        serial_names=["a", "b", "c", "d"], serial_models=["ST4000DM000", "ST4000DM000", "HGST", "HGST"], read={},
+    )
+
+
+def test_signal_ceiling_counts_failed_drives_with_a_critical_counter() -> None:
+    scored = _scored()
+    metrics = {"classifier": {"drive": drive_metrics(scored.probability >= 0.5, scored.serial, scored.end_day,
+                                                     scored.failure_day, 7, min_lead=1)}}
+    ceiling = signal_ceiling(scored, 7, 1, metrics)
+    assert (ceiling["failed_drives"], ceiling["with_signal"], ceiling["ceiling"]) == (2, 1, 0.5)
+    assert ceiling["detection_share_of_ceiling"]["classifier"] == 1.0
+
+
+def test_family_table_pools_rare_models() -> None:
+    scored = _scored()
+    rows = family_table(scored, {"classifier": (scored.probability, 0.5)}, 7, 1, min_failed=2)
+    assert [r["family"] for r in rows] == ["ST4000DM000", "other"]
+    assert rows[0]["failed"] == 2 and rows[0]["classifier"] == {"detected": 1, "false_alarms": 0}
+    assert rows[1]["healthy"] == 2 and rows[1]["classifier"] == {"detected": 0, "false_alarms": 1}
+    assert scored["serial"] is scored.serial and "xgboost" not in scored
+
+
+def test_variant_parsing() -> None:
+    v = Variant.parse("gru+ind+wf+hpp50+w32")
+    assert v.kind == "gru"
+    assert v.overrides == {"indicators": True, "fill_mode": "neutral", "window_features": True,
+                           "healthy_per_positive": 50.0, "width": 32}
+    with pytest.raises(ValueError, match="unknown variant"):
+        Variant.parse("transformer")
+    with pytest.raises(ValueError, match="flag"):
+        Variant.parse("lstm+magic")
+
+
+def test_searched_budget_split_gives_the_budget_to_the_detector_that_detects() -> None:
+    from diskwatch.models.inference import Scores
+    from diskwatch.training.fit import split_budget
+
+    rng = np.random.default_rng(0)
+    n_healthy, n_failed = 400, 40
+    serial = np.arange(n_healthy + n_failed)
+    failure_day = np.where(serial >= n_healthy, 10, -1)
+    end_day = np.full(serial.size, 8)
+    # failures overlap the top of the healthy classifier scores (more budget, more detections);
+    # the autoencoder is noise, so every bit of budget it gets is wasted
+    probability = (rng.random(serial.size) ** 4 * 0.5).astype(np.float32)
+    probability[n_healthy:] = 0.4 + 0.2 * rng.random(n_failed)
+    anomaly = rng.random(serial.size).astype(np.float32)
+    scores = Scores(probability, anomaly, np.zeros((serial.size, 0), np.float32))
+    even = split_budget(scores, serial, end_day, failure_day, 0.02, 7, searched=False)
+    searched = split_budget(scores, serial, end_day, failure_day, 0.02, 7, searched=True)
+    assert even.classifier_share == 0.5
+    assert searched.classifier_share > 0.5
+    assert searched.detection >= even.detection
+    assert searched.combined_far <= 0.02
