@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     batch_linger_s: float = Field(
         0.5, gt=0, le=60, description="Longest wait to fill a batch before scoring it anyway."
     )
+    batch_attempts: int = Field(
+        3, ge=1, le=100, description="Tries of a batch failing with a non-transient error before it is split."
+    )
+    stall_timeout_s: float = Field(
+        120.0, gt=0, description="/healthz turns unhealthy when there is lag and no batch completed this long."
+    )
     model_bundle: Path | None = Field(None, description="Directory of a trained model bundle.")
 
     # --- Observability ---------------------------------------------------------

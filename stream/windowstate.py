@@ -375,6 +375,10 @@ class WindowState:
             todo = missing
         raise AssertionError("unreachable")
 
+    async def applied_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+        """Last offset per partition whose batch Redis holds (none recorded yet: empty)."""
+        return {}
+
     async def memory_per_serial(self, serials: Sequence[str]) -> float:
         """Mean ``MEMORY USAGE`` of the given serials' keys, in bytes."""
         sizes = [await self.redis.memory_usage(self.key(s)) for s in serials]
