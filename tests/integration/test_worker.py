@@ -469,3 +469,41 @@ def test_real_failing_drive_alerts_before_failure(
     got = {(a["serial_number"], a["date"], a["severity"]) for a in alerts}
     assert got == expected
     assert {s for s, d, _ in got if s in early and dt.date.fromisoformat(d) < epoch + dt.timedelta(days=failed[s])}
+
+
+def test_sigterm_mid_batch_with_redis_down_commits_nothing_and_stuck_worker_is_unhealthy(
+    kafka_bootstrap: str, sim_fleet: Path, sim_bundle: Path, tmp_path: Path
+) -> None:
+    """Redis down, 5 records in, /healthz says stalled, SIGTERM, Redis up, restart: all 5 stored."""
+    chosen = last_days(sim_fleet, sim_bundle, 5)
+    five = [rs[-1] for rs in chosen.values()]
+    private = PrivateRedis(tmp_path).start()
+    client = redis.Redis.from_url(private.url)
+    stream = Stream(kafka_bootstrap, private.url)
+    asyncio.run(stream.create_topics())
+    port = free_port()
+    fast = {"DISKWATCH_METRICS_PORT": port, "DISKWATCH_STALL_TIMEOUT_S": 3}
+    try:
+        worker = WorkerProcess(stream, sim_bundle, **fast).start()
+        try:
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 120, "worker health", worker)
+            private.stop()
+            asyncio.run(stream.produce_records(five))
+            wait_for(lambda: metric(port, 'diskwatch_retries_total{target="redis"}') > 0, 60,
+                     "the worker to retry Redis", worker)
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503, 60, "health to turn", worker)
+            health = json.loads(http_get(f"http://127.0.0.1:{port}/healthz")[1])
+            assert health["status"] == "stalled" and health["lag"] == 5
+            assert metric(port, 'diskwatch_consumer_lag{partition="0"}') == 5
+            code = worker.stop()
+            assert code is not None and code != -9, "SIGTERM must stop the worker without SIGKILL"
+        finally:
+            worker.kill()
+        private.start()
+        assert stored_days(client, stream, sim_bundle, list(chosen)) == 0
+        with WorkerProcess(stream, sim_bundle) as again:
+            wait_for(lambda: stored_days(client, stream, sim_bundle, list(chosen)) == 5, 120,
+                     "all 5 records stored after the restart", again)
+    finally:
+        client.close()
+        private.stop()
