@@ -85,8 +85,7 @@ def bundle_spec(bundle_path: Path) -> FeatureSpec:
 def drive_state(client: redis.Redis, stream: Stream, bundle_path: Path, serial: str) -> DriveState:
     spec = bundle_spec(bundle_path)
     key = window_key(stream.prefix, spec_fingerprint(spec), serial)
-    flat = [x for pair in client.hgetall(key).items() for x in pair]
-    return DriveState.parse(flat, spec.n_features)
+    return DriveState.decode(client.get(key), spec.n_features)
 
 
 def wait_for(condition, timeout: float, what: str, worker: WorkerProcess | None = None,
