@@ -49,6 +49,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 from mode import Service
 
 from diskwatch.core.settings import Settings
@@ -131,7 +132,10 @@ class TelemetryLoop(Service):
         self.progress_at = time.monotonic()
         log.info("consuming %s in group %s", self.settings.topic_telemetry, self.settings.consumer_group)
         while not self.should_stop:
-            messages = await self._take()
+            try:
+                messages = await self._take()
+            except ConsumerStoppedError:
+                return  # stopping (SIGTERM): on_stop closed the consumer under us
             if not messages:
                 continue
             self._inflight = asyncio.ensure_future(self._apply(messages))
@@ -227,6 +231,8 @@ class TelemetryLoop(Service):
         """Let the batch in flight finish (and commit) before giving its partitions up."""
         self._assigned.clear()
         metrics.REBALANCES.inc()
+        if not self._idle.is_set():
+            log.info("revocation of %d partitions: finishing the batch in flight first", len(revoked))
         try:
             await asyncio.wait_for(self._idle.wait(), self.revoke_wait_s)
         except TimeoutError:

@@ -506,3 +506,50 @@ def test_sigterm_mid_batch_with_redis_down_commits_nothing_and_stuck_worker_is_u
     finally:
         client.close()
         private.stop()
+
+
+WINDOW_KEEP = 9  # S + G of the test bundle (tests/integration/conftest.py: window 7, max gap 2)
+
+
+def test_rebalance_in_the_middle_of_batches_loses_no_day_and_repeats_no_alert(
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_bundle: Path,
+) -> None:
+    """B joins while A is scoring a stream of batches: A finishes (and commits) its batch before giving
+    partitions up, so every day is stored once and no idempotency key is alerted twice."""
+    keep = WINDOW_KEEP
+    # Drives whose last S + G days span at most S + G days: none of them may be trimmed, whatever the order.
+    chosen = {s: rs for s, rs in last_days(sim_fleet, sim_bundle, 500).items() if (rs[-1].date - rs[0].date).days < keep}
+    by_day: dict[dt.date, list[TelemetryRecord]] = {}
+    for rs in chosen.values():
+        for r in rs:
+            by_day.setdefault(r.date, []).append(r)
+    waves = [by_day[d] for d in sorted(by_day)]
+    stream = Stream(kafka_bootstrap, redis_url, partitions=4)
+    asyncio.run(stream.create_topics())
+    port_a, port_b = free_port(), free_port()
+    a = WorkerProcess(stream, sim_bundle, DISKWATCH_METRICS_PORT=port_a, DISKWATCH_BATCH_SIZE=128,
+                      DISKWATCH_BATCH_LINGER_S=0.2)
+    b = WorkerProcess(stream, sim_bundle, DISKWATCH_METRICS_PORT=port_b, DISKWATCH_BATCH_SIZE=128,
+                      DISKWATCH_BATCH_LINGER_S=0.2)
+    try:
+        a.start()
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port_a}/healthz")[0] == 200, 120, "worker A", a)
+        asyncio.run(stream.produce_records(waves[0]))
+        b.start()  # joins while A works through the waves below
+        for wave in waves[1:]:
+            asyncio.run(stream.produce_records(wave))
+            time.sleep(0.7)
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port_b}/healthz")[0] == 200, 120, "worker B", b)
+        total = sum(len(w) for w in waves)
+        wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, list(chosen)) == total, 180,
+                 "every record stored", b)
+        alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+        rebalances = metric(port_a, "diskwatch_rebalances_total")
+    finally:
+        a.stop()
+        b.stop()
+        cleanup(sync_redis, stream)
+    assert rebalances >= 1, "B joining must have revoked partitions from A"
+    assert alerts, "the waves complete windows of failing drives: some alerts expected"
+    keys = Counter(x["idempotency_key"] for x in alerts)
+    assert not [k for k, n in keys.items() if n > 1], f"duplicate alerts: {keys.most_common(3)}"
