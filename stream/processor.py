@@ -127,12 +127,14 @@ class BatchProcessor:
         # Windows that may have become full: those ending on a stored day within
         # reach of a day of this batch and never scored. Duplicates count on
         # purpose: a batch replayed after a crash before commit() must score again.
+        if not self.score_enabled:
+            return  # --no-score: windows are kept, nothing is assembled
         owner = state.owner
         reach = self.config.window + self.config.max_gap
         ends = np.flatnonzero(~state.scored & _within_reach(state, batch, owner, reach))
         full, windows = windows_ending_at(owner, state.days, state.vectors, ends, self.config)
         ends = ends[full]
-        if ends.size == 0 or not self.score_enabled:
+        if ends.size == 0:
             return
         x = self.spec.finalize(windows)
         started = time.perf_counter()

@@ -50,23 +50,31 @@ import numpy as np
 from diskwatch.models.features import FeatureSpec
 
 # KEYS: window keys, then optionally the applied-offsets hash. ARGV: ttl, number of
-# window keys, per window key (expected version, new value), then (partition, offset)
-# pairs for the offsets hash. Reply: 1 written / 0 refused per window key.
+# window keys, one blob of (expected version u64 — 0: no value —, length u32, new value)
+# per window key (one argument, not 2 per key: redis-py packs each argument in Python),
+# then (partition, offset) pairs for the offsets hash. Reply: 1 written / 0 refused per key.
 CAS_LUA = """
 local ttl = ARGV[1]
 local n = tonumber(ARGV[2])
+local blob = ARGV[3]
+local zero = string.rep(string.char(0), 8)
 local out = {}
+local pos = 1
 for k = 1, n do
-  local expect = ARGV[1 + 2 * k]
-  if redis.call('GETRANGE', KEYS[k], 0, 7) == expect then
-    redis.call('SET', KEYS[k], ARGV[2 + 2 * k], 'EX', ttl)
+  local expect = string.sub(blob, pos, pos + 7)
+  local len = struct.unpack('<I4', blob, pos + 8)
+  local cur = redis.call('GETRANGE', KEYS[k], 0, 7)
+  if cur == '' then cur = zero end
+  if cur == expect then
+    redis.call('SET', KEYS[k], string.sub(blob, pos + 12, pos + 11 + len), 'EX', ttl)
     out[k] = 1
   else
     out[k] = 0
   end
+  pos = pos + 12 + len
 end
 if #KEYS > n then
-  for a = 3 + 2 * n, #ARGV, 2 do
+  for a = 4, #ARGV, 2 do
     local cur = tonumber(redis.call('HGET', KEYS[n + 1], ARGV[a]) or '-1')
     if tonumber(ARGV[a + 1]) > cur then redis.call('HSET', KEYS[n + 1], ARGV[a], ARGV[a + 1]) end
   end
@@ -75,6 +83,7 @@ return out
 """
 
 HEADER = struct.Struct("<QHHbB")
+_CAS_ITEM = struct.Struct("<QI")
 PARKED = 4
 
 
@@ -207,11 +216,6 @@ class Packed:
             np.ascontiguousarray(self.vectors, "<f4").tobytes(),
         ))
 
-    @property
-    def tag(self) -> bytes:
-        """What the compare-and-set compares: the first 8 bytes (no value: empty)."""
-        return struct.pack("<Q", self.version) if self.version else b""
-
     def state(self) -> DriveState:
         return DriveState(days=self.days.astype(np.int64).tolist(), vectors=np.array(self.vectors),
                           scored={int(d) for d in self.days[self.scored.astype(bool)]},
@@ -239,6 +243,7 @@ class WindowState:
         self.spec = spec
         self.prefix = prefix
         self.fingerprint = spec_fingerprint(spec)
+        self.n_features = spec.n_features  # a computed property of the spec: read once
         self.keep_days = keep_days
         self.ttl_seconds = ttl_seconds
         self._cas = redis.register_script(CAS_LUA)
@@ -258,13 +263,15 @@ class WindowState:
 
     # --- reads ---------------------------------------------------------------
 
-    async def read(self, serials: Sequence[str]) -> list[Packed]:
+    async def read_raw(self, serials: Sequence[str]) -> list[bytes | None]:
         """Every serial's value in one MGET (one pipeline per node on a cluster)."""
         if not serials:
             return []
         keys = [self.key(s) for s in serials]
-        blobs = await (self.redis.mget_nonatomic(keys) if self._cluster else self.redis.mget(keys))
-        return [Packed.decode(b, self.spec.n_features) for b in blobs]
+        return list(await (self.redis.mget_nonatomic(keys) if self._cluster else self.redis.mget(keys)))
+
+    async def read(self, serials: Sequence[str]) -> list[Packed]:
+        return [Packed.decode(b, self.n_features) for b in await self.read_raw(serials)]
 
     async def drive(self, serial: str) -> DriveState:
         """One drive's stored state (tools and tests)."""
@@ -275,22 +282,26 @@ class WindowState:
     async def write(self, serials: Sequence[str], values: Sequence[Packed],
                     applied: dict[int, int] | None = None, topic: str | None = None) -> list[bool]:
         """Compare-and-set each value against the version it was read at (bumped here)."""
-        keys = [self.key(s) for s in serials]
-        pairs: list[Any] = []
+        expected = [v.version for v in values]
         for value in values:
-            expect = value.tag
             value.version += 1
-            pairs += [expect, value.encode()]
+        return await self.write_raw(serials, expected, [v.encode() for v in values], applied, topic)
+
+    async def write_raw(self, serials: Sequence[str], expected: Sequence[int], blobs: Sequence[bytes],
+                        applied: dict[int, int] | None = None, topic: str | None = None) -> list[bool]:
+        """One CAS script call: each encoded value is written only if the stored version is ``expected``."""
+        keys = [self.key(s) for s in serials]
+        parts = [_CAS_ITEM.pack(e, len(b)) + b for e, b in zip(expected, blobs, strict=True)]
         marks = [x for p, o in sorted((applied or {}).items()) for x in (p, o)] if topic else []
         if self._cluster:
-            calls = [([k], [self.ttl_seconds, 1, pairs[2 * i], pairs[2 * i + 1]]) for i, k in enumerate(keys)]
+            calls = [([k], [self.ttl_seconds, 1, part]) for k, part in zip(keys, parts, strict=True)]
             if marks:
-                calls.append(([self.offsets_key(str(topic))], [self.ttl_seconds, 0, *marks]))
+                calls.append(([self.offsets_key(str(topic))], [self.ttl_seconds, 0, b"", *marks]))
             replies = await self._cluster_calls(CAS_LUA, self._cas.sha, calls)
             done = [bool(r[0]) for r in replies[:len(keys)]]
         else:
             extra = [self.offsets_key(str(topic))] if marks else []
-            reply = await self._cas(keys=keys + extra, args=[self.ttl_seconds, len(keys), *pairs, *marks])
+            reply = await self._cas(keys=keys + extra, args=[self.ttl_seconds, len(keys), b"".join(parts), *marks])
             done = [bool(x) for x in reply]
         self.refused += done.count(False)
         return done
@@ -311,11 +322,11 @@ class WindowState:
         if n == 0:
             empty = np.zeros(0, dtype=np.int64)
             return np.zeros(0, dtype=bool), BatchState(
-                [], np.zeros(1, np.int64), empty, np.zeros((0, self.spec.n_features), np.float32),
+                [], np.zeros(1, np.int64), empty, np.zeros((0, self.n_features), np.float32),
                 np.zeros(0, bool), empty, [],
             )
         days = np.asarray(days, dtype=np.int64)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(n, self.spec.n_features)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(n, self.n_features)
         unique, row_drive = np.unique(np.asarray(serials, dtype=object), return_inverse=True)
         drive_serials = [str(s) for s in unique]
         latest_model = _latest_models(row_drive, models, len(drive_serials))
@@ -323,80 +334,82 @@ class WindowState:
         parts: list[_Rows] = []
         todo = np.arange(len(drive_serials))
         while todo.size:
-            stored = await self.read([drive_serials[i] for i in todo])
-            rows = np.flatnonzero(np.isin(row_drive, todo))
-            merged, kept, values = self._merge(todo, stored, row_drive[rows], days[rows], vectors[rows],
-                                               latest_model)
-            done = np.asarray(await self.write([drive_serials[i] for i in todo], values), dtype=bool)
+            names = [drive_serials[i] for i in todo]
+            stored = _unpack(await self.read_raw(names), self.n_features)
+            rows = np.flatnonzero(np.isin(row_drive, todo)) if parts else np.arange(n)
+            merged, kept, blobs = self._merge(todo, stored, row_drive[rows], days[rows], vectors[rows], latest_model)
+            done = np.asarray(await self.write_raw(names, stored.versions, blobs), dtype=bool)
             ok = np.isin(merged.owner, todo[done])
             added[rows[kept & np.isin(row_drive[rows], todo[done])]] = True
             parts.append(_select(merged, ok, done))
             todo = todo[~done]
-        return added, _assemble(drive_serials, parts, self.spec.n_features)
+        return added, _assemble(drive_serials, parts, self.n_features)
 
-    def _merge(self, drives: np.ndarray, stored: list[Packed], owner: np.ndarray, days: np.ndarray,
-               vectors: np.ndarray, latest_model: list[str]) -> tuple[_Rows, np.ndarray, list[Packed]]:
-        """Stored rows + batch rows → sorted, deduplicated (stored wins), trimmed; vectorised."""
-        lens = np.fromiter((p.days.size for p in stored), np.int64, len(stored))
-        old_owner = np.repeat(drives, lens)
-        old_days = np.concatenate([p.days for p in stored] + [np.zeros(0, np.int32)]).astype(np.int64)
-        old_scored = np.concatenate([p.scored for p in stored] + [np.zeros(0, np.uint8)])
-        old_vectors = np.concatenate([p.vectors for p in stored] + [np.zeros((0, self.spec.n_features), np.float32)])
+    def _merge(self, drives: np.ndarray, stored: _Stored, owner: np.ndarray, days: np.ndarray,
+               vectors: np.ndarray, latest_model: list[str]) -> tuple[_Rows, np.ndarray, list[bytes]]:
+        """Stored rows + batch rows → sorted, deduplicated (stored wins), trimmed, encoded; vectorised."""
+        old_owner = np.repeat(drives, stored.lens)
         m = owner.size
         all_owner = np.r_[old_owner, owner]
-        all_days = np.r_[old_days, days]
+        all_days = np.r_[stored.days, days]
         source = np.r_[np.zeros(old_owner.size, np.int64), np.arange(1, m + 1)]  # stored first, then batch order
         order = np.lexsort((source, all_days, all_owner))
         so, sd = all_owner[order], all_days[order]
         first = np.r_[True, (so[1:] != so[:-1]) | (sd[1:] != sd[:-1])]
+        # a day the batch brought, even as a duplicate of a stored one (it bounds the trim)
+        from_batch = np.maximum.reduceat(order >= old_owner.size, np.flatnonzero(first))
         order, so, sd = order[first], so[first], sd[first]
-        keep = self._trim(so, sd, owner, days)
+        keep = self._trim(so, sd, from_batch)
         order, so, sd = order[keep], so[keep], sd[keep]
         kept = np.zeros(m, dtype=bool)
         new = order >= old_owner.size
         kept[order[new] - old_owner.size] = True
-        vec = np.concatenate([old_vectors, vectors])[order]
-        scored = np.r_[old_scored, np.zeros(m, np.uint8)][order]
-        bounds = np.searchsorted(so, drives, side="left"), np.searchsorted(so, drives, side="right")
-        values: list[Packed] = []
-        severity = np.zeros(drives.size, np.int64)
+        vec = np.concatenate([stored.vectors, vectors])[order]
+        scored = np.r_[stored.scored, np.zeros(m, np.uint8)][order]
+        lo = np.searchsorted(so, drives, side="left").tolist()
+        hi = np.searchsorted(so, drives, side="right").tolist()
+        day_bytes, mark_bytes = sd.astype("<i4").tobytes(), scored.tobytes()
+        features = self.n_features
+        vec_bytes, width = vec.astype("<f4").tobytes(), 4 * features
+        blobs: list[bytes] = []
         models: list[str] = []
-        for j, (p, lo, hi) in enumerate(zip(stored, *bounds, strict=True)):
-            model = latest_model[int(drives[j])].encode() or p.model
-            values.append(Packed(p.version, sd[lo:hi], scored[lo:hi], vec[lo:hi], p.severity, model))
-            severity[j] = p.severity
+        for j, drive in enumerate(drives.tolist()):
+            model = latest_model[drive].encode()[:255] or stored.models[j]
+            a, b = lo[j], hi[j]
+            blobs.append(b"".join((
+                HEADER.pack(stored.versions[j] + 1, b - a, features, stored.severity[j], len(model)),
+                model, day_bytes[4 * a:4 * b], mark_bytes[a:b], vec_bytes[width * a:width * b],
+            )))
             models.append(model.decode("utf-8", "replace"))
-        return _Rows(so, sd, vec, scored.astype(bool), drives, severity, models), kept, values
+        severity = np.asarray(stored.severity, np.int64)
+        return _Rows(so, sd, vec, scored.astype(bool), drives, severity, models), kept, blobs
 
-    def _trim(self, owner: np.ndarray, days: np.ndarray, batch_owner: np.ndarray, batch_days: np.ndarray) -> np.ndarray:
-        """Rows to keep (rows sorted by owner, day): see the module docstring."""
+    def _trim(self, owner: np.ndarray, days: np.ndarray, from_batch: np.ndarray) -> np.ndarray:
+        """Rows to keep (rows sorted by owner, then day): see the module docstring."""
         if owner.size == 0:
             return np.zeros(0, dtype=bool)
         keep_days = self.keep_days
+        big = np.iinfo(np.int64).max
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        counts = np.diff(np.r_[starts, owner.size])
         same_prev = np.r_[False, owner[1:] == owner[:-1]]
-        same_next = np.r_[owner[1:] == owner[:-1], False]
-        gap_prev = np.where(same_prev, days - np.r_[days[0], days[:-1]], np.iinfo(np.int64).max)
-        gap_next = np.where(same_next, np.r_[days[1:], days[-1]] - days, np.iinfo(np.int64).max)
-        alone = ~same_prev & ~same_next
-        confirmed = (gap_prev <= keep_days) | (gap_next <= keep_days) | alone
-        size = int(owner.max()) + 1
-        low = np.iinfo(np.int64).min
-        anchor = np.full(size, low, np.int64)
-        np.maximum.at(anchor, owner[confirmed], days[confirmed])
-        first_day = np.full(size, np.iinfo(np.int64).max, np.int64)
-        np.minimum.at(first_day, owner, days)
-        anchor = np.where(anchor == low, first_day, anchor)
-        oldest = np.full(size, np.iinfo(np.int64).max, np.int64)
-        np.minimum.at(oldest, batch_owner, batch_days)
-        limit = np.minimum(anchor, oldest) - keep_days
-        keep = days > limit[owner]
-        parked = keep & (days > anchor[owner] + keep_days)
+        same_next = np.r_[same_prev[1:], False]
+        gap_prev = np.where(same_prev, days - np.r_[days[0], days[:-1]], big)
+        gap_next = np.where(same_next, np.r_[days[1:], days[-1]] - days, big)
+        confirmed = (gap_prev <= keep_days) | (gap_next <= keep_days) | (~same_prev & ~same_next)
+        anchor = np.maximum.reduceat(np.where(confirmed, days, -big), starts)
+        anchor = np.where(anchor == -big, days[starts], anchor)  # nothing confirmed: the oldest day
+        oldest = np.minimum.reduceat(np.where(from_batch, days, big), starts)
+        limit = np.repeat(np.minimum(anchor, oldest) - keep_days, counts)
+        anchor_rows = np.repeat(anchor, counts)
+        keep = days > limit
+        parked = keep & (days > anchor_rows + keep_days)
         if parked.any():  # at most PARKED lone future days per drive: the nearest ones
             rank = np.zeros(owner.size, np.int64)
             idx = np.flatnonzero(parked)
             run = np.r_[True, owner[idx][1:] != owner[idx][:-1]]
-            starts = np.maximum.accumulate(np.where(run, np.arange(idx.size), 0))
-            rank[idx] = np.arange(idx.size) - starts
+            begins = np.maximum.accumulate(np.where(run, np.arange(idx.size), 0))
+            rank[idx] = np.arange(idx.size) - begins
             keep &= ~(parked & (rank >= PARKED))
         return keep
 
@@ -468,6 +481,46 @@ class WindowState:
         sizes = [await self.redis.memory_usage(self.key(s)) for s in serials]
         sizes = [s for s in sizes if s]
         return float(np.mean(sizes)) if sizes else 0.0
+
+
+@dataclass
+class _Stored:
+    """Several drives' stored values, columnar (one numpy conversion for the whole batch)."""
+
+    versions: list[int]
+    severity: list[int]
+    models: list[bytes]
+    lens: np.ndarray
+    days: np.ndarray
+    scored: np.ndarray
+    vectors: np.ndarray
+
+
+def _unpack(blobs: Sequence[bytes | None], n_features: int) -> _Stored:
+    """Decode many values with three numpy calls: slices are gathered, then joined."""
+    versions, severity, models, lens = [], [], [], []
+    days, marks, vectors = [], [], []
+    size = HEADER.size
+    for blob in blobs:
+        if not blob:
+            versions.append(0), severity.append(0), models.append(b""), lens.append(0)
+            continue
+        version, n, width, level, length = HEADER.unpack_from(blob)
+        versions.append(version)
+        if width != n_features:  # written for other features: start clean, keep the version
+            severity.append(0), models.append(b""), lens.append(0)
+            continue
+        at = size + length
+        severity.append(level), models.append(blob[size:at]), lens.append(n)
+        days.append(blob[at:at + 4 * n])
+        marks.append(blob[at + 4 * n:at + 5 * n])
+        vectors.append(blob[at + 5 * n:at + 5 * n + 4 * n * width])
+    return _Stored(
+        versions, severity, models, np.asarray(lens, np.int64),
+        np.frombuffer(b"".join(days), "<i4").astype(np.int64),
+        np.frombuffer(b"".join(marks), np.uint8),
+        np.frombuffer(b"".join(vectors), "<f4").reshape(-1, n_features),
+    )
 
 
 def _latest_models(row_drive: np.ndarray, models: Sequence[str], drives: int) -> list[str]:
