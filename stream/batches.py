@@ -76,26 +76,32 @@ class BatchRunner:
         self.attempts = max(attempts, 1)
         self.backoff_s = backoff_s
 
-    async def apply(self, messages: list[InMessage]) -> None:
-        """Apply every message: stored, dead-lettered, or (after splitting) ``processing_error``."""
-        error = await self._attempts(messages)
+    async def apply(self, messages: list[InMessage]) -> dict[int, int]:
+        """Apply every message: stored, dead-lettered, or (after splitting) ``processing_error``.
+
+        Returns the partitions Redis turned out to have lost writes of (see ``WindowState.mark``).
+        """
+        lost: dict[int, int] = {}
+        error = await self._attempts(messages, lost)
         if error is None:
-            return
+            return lost
         if len(messages) == 1:
             await self._poison(messages[0], error)
-            return
+            return lost
         mid = len(messages) // 2
         log.warning("batch of %d failed %d times (%s: %s); splitting it to find the record",
                     len(messages), self.attempts, type(error).__name__, error)
-        await self.apply(messages[:mid])
-        await self.apply(messages[mid:])
+        for half in (messages[:mid], messages[mid:]):
+            for p, o in (await self.apply(half)).items():
+                lost[p] = min(o, lost.get(p, o))
+        return lost
 
-    async def _attempts(self, messages: list[InMessage]) -> Exception | None:
+    async def _attempts(self, messages: list[InMessage], lost: dict[int, int]) -> Exception | None:
         """None when applied; the last error after ``attempts`` non-transient failures."""
         last: Exception | None = None
         for attempt in range(self.attempts):
             try:
-                await self._once(messages)
+                lost.update(await self._once(messages))
                 return None
             except asyncio.CancelledError:
                 raise
@@ -106,11 +112,12 @@ class BatchRunner:
                     await asyncio.sleep(self.backoff_s * (2 ** attempt))
         return last
 
-    async def _once(self, messages: list[InMessage]) -> None:
+    async def _once(self, messages: list[InMessage]) -> dict[int, int]:
         processor = self._processor()
         pending = await retry_transient("redis", lambda: processor.prepare(messages))
         await retry_transient("kafka", lambda: self._publish(pending))
         await retry_transient("redis", lambda: processor.commit(pending))
+        return pending.lost
 
     async def _poison(self, message: InMessage, error: Exception) -> None:
         """One record fails on its own: dead-letter it so the partition moves on."""

@@ -198,8 +198,9 @@ class TelemetryLoop(Service):
         self._idle.clear()
         try:
             started = time.perf_counter()
-            await self.runner.apply(messages)
-            await self._commit(messages)
+            lost = await self.runner.apply(messages)
+            await self._commit([m for m in messages if m.partition not in lost])
+            self._reread(lost)
             metrics.BATCH_SIZE.observe(len(messages))
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
             self.batches += 1
@@ -208,8 +209,20 @@ class TelemetryLoop(Service):
         finally:
             self._idle.set()
 
+    def _reread(self, lost: dict[int, int]) -> None:
+        """Redis lost acknowledged days (a crash, AOF ``everysec``): consume them again."""
+        assert self.consumer is not None
+        for partition, offset in lost.items():
+            tp = TopicPartition(self.settings.topic_telemetry, partition)
+            log.warning("%s: Redis holds days only up to offset %d; re-reading from %d", tp, offset, offset + 1)
+            metrics.SEEKS.inc()
+            with contextlib.suppress(Exception):  # not ours any more: the next owner seeks on assignment
+                self.consumer.seek(tp, offset + 1)
+
     async def _commit(self, messages: list[InMessage]) -> None:
         assert self.consumer is not None
+        if not messages:
+            return
         offsets: dict[TopicPartition, int] = {}
         for m in messages:
             tp = TopicPartition(m.topic, m.partition)

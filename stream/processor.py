@@ -66,6 +66,7 @@ class PendingBatch:
     duplicates: int = 0
     topic: str | None = None
     applied: dict[int, int] = field(default_factory=dict)  # partition → last offset of this batch
+    lost: dict[int, int] = field(default_factory=dict)  # partition → offset Redis still has (it lost writes)
 
 
 class BatchProcessor:
@@ -233,7 +234,7 @@ class BatchProcessor:
 
     async def commit(self, pending: PendingBatch) -> None:
         started = time.perf_counter()
-        await self.state.mark(pending.scored, pending.severity, pending.applied, pending.topic)
+        pending.lost = await self.state.mark(pending.scored, pending.severity, pending.applied, pending.topic)
         metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
 
 

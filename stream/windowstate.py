@@ -52,7 +52,9 @@ from diskwatch.models.features import FeatureSpec
 # KEYS: window keys, then optionally the applied-offsets hash. ARGV: ttl, number of
 # window keys, one blob of (expected version u64 — 0: no value —, length u32, new value)
 # per window key (one argument, not 2 per key: redis-py packs each argument in Python),
-# then (partition, offset) pairs for the offsets hash. Reply: 1 written / 0 refused per key.
+# then (partition, offset, offset this worker last recorded there or -1) triples for the
+# offsets hash. Reply: 1 written / 0 refused per key, then (partition, stored offset) for each
+# partition whose stored offset went back (Redis lost acknowledged writes: not updated).
 CAS_LUA = """
 local ttl = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -74,9 +76,14 @@ for k = 1, n do
   pos = pos + 12 + len
 end
 if #KEYS > n then
-  for a = 4, #ARGV, 2 do
+  for a = 4, #ARGV, 3 do
     local cur = tonumber(redis.call('HGET', KEYS[n + 1], ARGV[a]) or '-1')
-    if tonumber(ARGV[a + 1]) > cur then redis.call('HSET', KEYS[n + 1], ARGV[a], ARGV[a + 1]) end
+    if cur < tonumber(ARGV[a + 2]) then
+      out[#out + 1] = tonumber(ARGV[a])  -- Redis lost writes it had acknowledged: say from where
+      out[#out + 1] = cur
+    elseif tonumber(ARGV[a + 1]) > cur then
+      redis.call('HSET', KEYS[n + 1], ARGV[a], ARGV[a + 1])
+    end
   end
 end
 return out
@@ -254,6 +261,9 @@ class WindowState:
         self._cluster = isinstance(redis, RedisCluster)
         self._cluster_loaded: set[str] = set()
         self.refused = 0  # compare-and-set refusals seen (a concurrent writer)
+        # Offsets this process recorded per (topic, partition), and those Redis turned out to have lost.
+        self.last_applied: dict[tuple[str | None, int], int] = {}
+        self.lost: dict[int, int] = {}
 
     def key(self, serial: str) -> str:
         return window_key(self.prefix, self.fingerprint, serial)
@@ -292,17 +302,24 @@ class WindowState:
         """One CAS script call: each encoded value is written only if the stored version is ``expected``."""
         keys = [self.key(s) for s in serials]
         parts = [_CAS_ITEM.pack(e, len(b)) + b for e, b in zip(expected, blobs, strict=True)]
-        marks = [x for p, o in sorted((applied or {}).items()) for x in (p, o)] if topic else []
+        seen = self.last_applied
+        marks = [x for p, o in sorted((applied or {}).items()) for x in (p, o, seen.get((topic, p), -1))] if topic else []
         if self._cluster:
             calls = [([k], [self.ttl_seconds, 1, part]) for k, part in zip(keys, parts, strict=True)]
             if marks:
                 calls.append(([self.offsets_key(str(topic))], [self.ttl_seconds, 0, b"", *marks]))
             replies = await self._cluster_calls(CAS_LUA, self._cas.sha, calls)
             done = [bool(r[0]) for r in replies[:len(keys)]]
+            tail = list(replies[-1]) if marks else []
         else:
             extra = [self.offsets_key(str(topic))] if marks else []
             reply = await self._cas(keys=keys + extra, args=[self.ttl_seconds, len(keys), b"".join(parts), *marks])
-            done = [bool(x) for x in reply]
+            done = [bool(x) for x in reply[:len(keys)]]
+            tail = list(reply[len(keys):])
+        self.lost = {int(tail[i]): int(tail[i + 1]) for i in range(0, len(tail), 2)}
+        if topic:
+            for p, o in (applied or {}).items():
+                seen[(topic, p)] = self.lost.get(p, o)
         self.refused += done.count(False)
         return done
 
@@ -414,13 +431,19 @@ class WindowState:
         return keep
 
     async def mark(self, scored: dict[str, list[int]], severity: dict[str, int],
-                   applied: dict[int, int] | None = None, topic: str | None = None) -> None:
-        """Record scored window ends and debounce state (and the batch's applied offsets) in one write."""
+                   applied: dict[int, int] | None = None, topic: str | None = None) -> dict[int, int]:
+        """Record scored window ends and debounce state (and the batch's applied offsets) in one write.
+
+        Returns the partitions whose recorded offset went back since this process wrote it
+        (Redis lost acknowledged writes in a crash), with the offset Redis still has (−1: none):
+        the caller re-reads them from there instead of committing.
+        """
         serials = sorted(set(scored) | set(severity))
         if not serials and not (applied and topic):
-            return
+            return {}
         todo = serials
         offsets = applied
+        lost: dict[int, int] = {}
         while True:
             values = await self.read(todo)
             for serial, value in zip(todo, values, strict=True):
@@ -430,17 +453,22 @@ class WindowState:
                 if serial in severity:
                     value.severity = int(severity[serial])
             done = await self.write(todo, values, offsets, topic)
+            if offsets:
+                lost = dict(self.lost)
             todo = [s for s, ok in zip(todo, done, strict=True) if not ok]
             offsets = None
             if not todo:
-                return
+                return lost
 
     async def applied_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
         """Last offset per partition whose batch Redis holds (none recorded: absent)."""
         if not partitions:
             return {}
         values = await self.redis.hmget(self.offsets_key(topic), [str(p) for p in partitions])
-        return {p: int(v) for p, v in zip(partitions, values, strict=True) if v is not None}
+        found = {p: int(v) for p, v in zip(partitions, values, strict=True) if v is not None}
+        for p in partitions:  # what later writes are checked against
+            self.last_applied[(topic, p)] = found.get(p, -1)
+        return found
 
     async def _cluster_calls(self, script: str, sha: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run a script once per call on a Redis Cluster: raw EVALSHA in one pipeline.

@@ -138,3 +138,26 @@ async def test_one_far_future_day_erases_nothing(redis_url: str, redis_prefix: s
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_applied_offsets_never_move_past_writes_redis_lost(redis_url: str, redis_prefix: str) -> None:
+    """Issue #14.1: the offset recorded with the marks goes back only when Redis lost writes; then it says so."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url, decode_responses=False)
+    state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
+    try:
+        assert await state.applied_offsets("t", [0, 1]) == {}
+        assert await state.mark({}, {}, {0: 100, 1: 7}, "t") == {}
+        assert await state.applied_offsets("t", [0, 1]) == {0: 100, 1: 7}
+        await client.hset(state.offsets_key("t"), "0", 50)  # Redis came back from an older AOF
+        assert await state.mark({}, {}, {0: 120, 1: 9}, "t") == {0: 50}  # lost: re-read from 51
+        assert await state.applied_offsets("t", [0, 1]) == {0: 50, 1: 9}  # not moved past the lost days
+        assert await state.mark({}, {}, {0: 60}, "t") == {}  # the re-read batches count again
+        assert await state.applied_offsets("t", [0]) == {0: 60}
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

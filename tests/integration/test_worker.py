@@ -305,11 +305,11 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
 class PrivateRedis:
     """A redis-server of this test's own (AOF, fsync always) that it may stop and start again."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fsync: str = "always") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed (deploy/local/stack up installs it)")
-        self.binary, self.dir, self.port = binary, directory, free_port()
+        self.binary, self.dir, self.port, self.fsync = binary, directory, free_port(), fsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -319,7 +319,7 @@ class PrivateRedis:
     def start(self) -> PrivateRedis:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always"],
+             "--appendonly", "yes", "--appendfsync", self.fsync],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
@@ -330,6 +330,12 @@ class PrivateRedis:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(30)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no final fsync (with ``everysec`` the last second may be lost)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(30)
 
 
@@ -552,4 +558,41 @@ def test_rebalance_in_the_middle_of_batches_loses_no_day_and_repeats_no_alert(
     assert rebalances >= 1, "B joining must have revoked partitions from A"
     assert alerts, "the waves complete windows of failing drives: some alerts expected"
     keys = Counter(x["idempotency_key"] for x in alerts)
+    assert not [k for k, n in keys.items() if n > 1], f"duplicate alerts: {keys.most_common(3)}"
+
+
+def test_redis_sigkill_mid_stream_restart_from_aof_loses_no_day_and_repeats_no_alert(
+    kafka_bootstrap: str, sim_fleet: Path, sim_bundle: Path, tmp_path: Path
+) -> None:
+    """Issue #14.1: redis-server SIGKILLed (AOF everysec) while batches flow, restarted from its AOF."""
+    chosen = {s: rs for s, rs in last_days(sim_fleet, sim_bundle, 300).items()
+              if (rs[-1].date - rs[0].date).days < WINDOW_KEEP}
+    by_day: dict[dt.date, list[TelemetryRecord]] = {}
+    for rs in chosen.values():
+        for r in rs:
+            by_day.setdefault(r.date, []).append(r)
+    waves = [by_day[d] for d in sorted(by_day)]
+    private = PrivateRedis(tmp_path, fsync="everysec").start()
+    client = redis.Redis.from_url(private.url)
+    stream = Stream(kafka_bootstrap, private.url)
+    asyncio.run(stream.create_topics())
+    try:
+        with WorkerProcess(stream, sim_bundle, DISKWATCH_BATCH_SIZE=64, DISKWATCH_BATCH_LINGER_S=0.1) as worker:
+            for i, wave in enumerate(waves):
+                asyncio.run(stream.produce_records(wave))
+                if i == len(waves) // 2:
+                    wait_for(lambda: stored_days(client, stream, sim_bundle, list(chosen)) > 0, 120,
+                             "some days stored", worker, interval=0.05)
+                    private.kill()  # mid-stream, no goodbye
+                    time.sleep(1)
+                    private.start()  # from its AOF
+            total = sum(len(w) for w in waves)
+            wait_for(lambda: _pings(client) and stored_days(client, stream, sim_bundle, list(chosen)) == total,
+                     180, "every day in its window after the Redis crash", worker)
+            alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+            assert worker.alive()
+    finally:
+        client.close()
+        private.stop()
+    keys = Counter(a["idempotency_key"] for a in alerts)
     assert not [k for k, n in keys.items() if n > 1], f"duplicate alerts: {keys.most_common(3)}"
