@@ -72,6 +72,8 @@ class Worker:
             keep_days=bundle.window.window + bundle.window.max_gap,
             ttl_seconds=int(s.window_ttl_days * 86400),
         )
+        if self.processor is not None:  # a hot swap keeps what this process recorded as applied
+            state.last_applied = self.processor.state.last_applied
         processor = BatchProcessor(bundle, state, score=self.score, max_batch=max(s.batch_size, 8))
         processor.warmup()
         if self.bundle is not None:

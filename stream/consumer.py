@@ -144,6 +144,10 @@ class TelemetryLoop(Service):
             except asyncio.CancelledError:
                 self._inflight.cancel()  # SIGTERM: abandon, never commit
                 raise
+            except Exception:  # not committed: read again from its first offsets
+                log.exception("batch of %d failed unexpectedly; reading it again", len(messages))
+                self._unread(messages)
+                await self.sleep(1.0)
 
     async def on_stop(self) -> None:
         if self._inflight is not None and not self._inflight.done():
