@@ -15,9 +15,9 @@ Redis does one cheap thing per drive per batch: the worker reads every touched
 drive with one ``MGET`` (``mget_nonatomic`` on a cluster: one pipeline per
 node), merges the batch in numpy (sort by day, the stored day wins over a
 duplicate, trim), and writes every value back with one compare-and-set script
-call (``GETRANGE key 0 7`` = the version it read? then ``SET … EX``) — a few
-microseconds of server CPU per drive, no string conversion of fields. On a
-cluster the script runs once per key in one pipeline.
+call (per key: ``GETRANGE key 0 7`` equals the version read → ``SET … EX``) —
+a few microseconds of server CPU per drive, no string conversion of fields. On
+a cluster the script runs once per key in one pipeline.
 
 Why compare-and-set: during a rebalance two workers can both believe they own a
 partition for a moment. Each write names the version it read; a writer whose
