@@ -277,7 +277,7 @@ class WindowState:
         """Every serial's value in one MGET (one pipeline per node on a cluster)."""
         if not serials:
             return []
-        keys = [self.key(s) for s in serials]
+        keys = [self.key(s).encode() for s in serials]  # bytes: redis-py passes them through
         return list(await (self.redis.mget_nonatomic(keys) if self._cluster else self.redis.mget(keys)))
 
     async def read(self, serials: Sequence[str]) -> list[Packed]:
@@ -300,7 +300,7 @@ class WindowState:
     async def write_raw(self, serials: Sequence[str], expected: Sequence[int], blobs: Sequence[bytes],
                         applied: dict[int, int] | None = None, topic: str | None = None) -> list[bool]:
         """One CAS script call: each encoded value is written only if the stored version is ``expected``."""
-        keys = [self.key(s) for s in serials]
+        keys = [self.key(s).encode() for s in serials]  # bytes: redis-py passes them through
         parts = [_CAS_ITEM.pack(e, len(b)) + b for e, b in zip(expected, blobs, strict=True)]
         seen = self.last_applied
         marks = [x for p, o in sorted((applied or {}).items()) for x in (p, o, seen.get((topic, p), -1))] if topic else []
