@@ -106,13 +106,21 @@ def stored_days(client: redis.Redis, stream: Stream, bundle_path: Path, serials:
 
 
 def last_days(sim_fleet: Path, sim_bundle: Path, drives: int) -> dict[str, list[TelemetryRecord]]:
-    """The first ``drives`` serials with their last S + G days: every one must stay in a window."""
+    """The first ``drives`` serials with their records of the last S + G calendar days: every one
+    must stay in a window, whatever the batch boundaries.
+
+    Calendar days, not the last S + G records: a drive with a gap in them spans more than S + G
+    days, and when a batch boundary falls before its newest record the trim (keep days newer
+    than newest − (S + G)) rightly drops its oldest one — the count the tests wait for was then
+    never reached (the intermittent "timed out waiting for every record stored").
+    """
     bundle = load_bundle(sim_bundle)
     keep = bundle.window.window + bundle.window.max_gap
     by_serial: dict[str, list[TelemetryRecord]] = {}
     for r in read_records(sim_fleet):
         by_serial.setdefault(r.serial_number, []).append(r)
-    return {s: rs[-keep:] for s, rs in sorted(by_serial.items())[:drives]}
+    return {s: [r for r in rs if (rs[-1].date - r.date).days < keep]
+            for s, rs in sorted(by_serial.items())[:drives]}
 
 
 @pytest.fixture
