@@ -116,6 +116,14 @@ class Settings(BaseSettings):
         description="Dead letters keep this much of the message (plus its length and sha256).",
     )
 
+    # --- Batches (stream/batches.py, stream/consumer.py) ---------------------------
+    batch_attempts: int = Field(
+        3, ge=1, le=100, description="Tries of a batch failing with a non-transient error before it is split."
+    )
+    stall_timeout_s: float = Field(
+        120.0, gt=0, description="/healthz turns unhealthy when there is lag and no batch completed this long."
+    )
+
     # --- Observability ---------------------------------------------------------
     metrics_host: str = Field(
         "127.0.0.1", description="Interface for /metrics and /healthz (0.0.0.0 in containers)."

@@ -1,38 +1,38 @@
-"""The faust-streaming worker: consume telemetry in batches, publish alerts.
+"""The faust-streaming worker: faust is the application, telemetry comes in batches.
 
-Per batch (``stream.take_events(N, within=T)``): :class:`BatchProcessor`
-prepares alerts and dead letters, they are produced and *acknowledged by the
-broker*, the Redis marks are written, and only then does faust ack the events
-so their offsets can be committed. Redis or Kafka errors are retried with
-capped exponential backoff — the batch is never dropped and the process does
-not crash-loop. On SIGTERM faust stops the agent; an unfinished batch is not
-acked, so it is redelivered to whoever owns the partition next.
+The parts, each named: :class:`Worker` (the model bundle and its hot swap),
+:class:`Publisher` (alerts and dead letters, acked by the broker),
+:class:`~diskwatch.stream.consumer.TelemetryLoop` (an aiokafka ``getmany()``
+loop run as a faust service — why, and which guarantees it keeps, in its
+module docstring), :class:`~diskwatch.stream.batches.BatchRunner` (which
+errors are retried and how a poison record is found) and the web views.
+:func:`create_app` only wires them together.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import faust
 from aiohttp import web
 
 from diskwatch.core.settings import Settings
+from diskwatch.core.wire import InputLimits
 from diskwatch.models.bundle import Bundle, load_bundle, read_manifest
 from diskwatch.stream import metrics
-from diskwatch.stream.processor import BatchProcessor, InMessage, PendingBatch
+from diskwatch.stream.batches import BatchRunner
+from diskwatch.stream.consumer import TelemetryLoop
+from diskwatch.stream.processor import BatchProcessor, PendingBatch
 from diskwatch.stream.windowstate import WindowState
 
 log = logging.getLogger("diskwatch.worker")
-T = TypeVar("T")
 
 
 def redis_client(settings: Settings) -> Any:
@@ -48,21 +48,6 @@ def redis_client(settings: Settings) -> Any:
     return aioredis.from_url(url, **kwargs)
 
 
-async def retry(what: str, action: Callable[[], Awaitable[T]], *, cap_s: float = 30.0) -> T:
-    """Run ``action`` until it succeeds; back off 0.1 s doubling to ``cap_s``."""
-    delay = 0.1
-    while True:
-        try:
-            return await action()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # Redis/Kafka errors come in many types
-            metrics.RETRIES.labels(target=what).inc()
-            log.warning("%s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, cap_s)
-
-
 class Worker:
     """State shared by the agent, the timers and the web pages of one process."""
 
@@ -74,8 +59,8 @@ class Worker:
         self.processor: BatchProcessor | None = None
         self.bundle: Bundle | None = None
         self._bundle_stamp: tuple[tuple[str, int, int], ...] | None = None
-        self.last_batch_at: float | None = None
-        self.batches = 0
+        self.ready = asyncio.Event()
+        self.loop: TelemetryLoop | None = None
 
     def load(self) -> None:
         """Load (or reload) the bundle; the window state in Redis is kept."""
@@ -88,7 +73,10 @@ class Worker:
             keep_days=bundle.window.window + bundle.window.max_gap,
             ttl_seconds=int(s.window_ttl_days * 86400),
         )
-        processor = BatchProcessor(bundle, state, score=self.score, max_batch=max(s.batch_size, 8))
+        if self.processor is not None:  # a hot swap keeps what this process recorded as applied
+            state.last_applied = self.processor.state.last_applied
+        processor = BatchProcessor(bundle, state, score=self.score, max_batch=max(s.batch_size, 8),
+                                   limits=InputLimits.from_settings(s))
         processor.warmup()
         if self.bundle is not None:
             metrics.BUNDLE_INFO.remove(self.bundle.version)
@@ -157,6 +145,25 @@ def faust_options(settings: Settings, web_port: int) -> dict[str, Any]:
     )
 
 
+class Publisher:
+    """Alerts and dead letters through faust's producer; returns once the broker acked all."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.alerts = settings.topic_alerts
+        self.dead_letters = settings.topic_dead_letters
+
+    async def __call__(self, pending: PendingBatch) -> None:
+        send = self.app.producer.send
+        futures = [await send(self.alerts, a.serial_number.encode(), a.to_json(), None, None, None)
+                   for a in pending.alerts]
+        for letter in pending.dead_letters:
+            key = letter.key.encode() if letter.key is not None else None
+            futures.append(await send(self.dead_letters, key, letter.to_json(), None, None, None))
+        if futures:
+            await asyncio.gather(*futures)
+
+
 def create_app(
     settings: Settings,
     bundle_path: Path,
@@ -165,66 +172,44 @@ def create_app(
     web_port: int | None = None,
     reload_interval_s: float = 10.0,
 ) -> tuple[faust.App, Worker]:
-    """Build the faust app and its :class:`Worker` state."""
+    """Build the faust app, its :class:`Worker` state and the telemetry loop, wired together."""
     worker = Worker(settings, bundle_path, score=score)
     port = settings.metrics_port if web_port is None else web_port
-    app = faust.App(settings.consumer_group, **faust_options(settings, port))
-    telemetry = app.topic(settings.topic_telemetry, key_type=bytes, value_type=bytes)
-    alerts = settings.topic_alerts
-    dead_letters = settings.topic_dead_letters
+    # The app's own group is not the telemetry group: faust's assignor must not share it.
+    app = faust.App(f"{settings.consumer_group}-app", **faust_options(settings, port))
+    runner = BatchRunner(lambda: _processor(worker), Publisher(app, settings), attempts=settings.batch_attempts)
+    loop = TelemetryLoop(settings, runner, worker.ready, applied=partial(_applied, worker),
+                         loop=app.loop, beacon=app.beacon)
+    app._extra_services.append(loop)  # an instance: faust's @app.service takes only classes
+    app.task(partial(_startup, worker))
+    app.timer(interval=reload_interval_s)(partial(_reload, worker))
+    add_views(app, worker, loop, settings)
+    worker.loop = loop
+    return app, worker
 
-    @app.task
-    async def _startup() -> None:
-        # Load eagerly in a thread: TensorFlow start-up must not stall heartbeats.
-        await asyncio.get_running_loop().run_in_executor(None, worker.load)
 
-    async def publish(pending: PendingBatch) -> None:
-        futures = []
-        for alert in pending.alerts:
-            futures.append(await app.producer.send(alerts, alert.serial_number.encode(), alert.to_json(),
-                                                   None, None, None))
-        for letter in pending.dead_letters:
-            key = letter.key.encode() if letter.key is not None else None
-            futures.append(await app.producer.send(dead_letters, key, letter.to_json(), None, None, None))
-        if futures:
-            await asyncio.gather(*futures)
+def _processor(worker: Worker) -> BatchProcessor:
+    assert worker.processor is not None, "the telemetry loop starts after the bundle is loaded"
+    return worker.processor
 
-    async def process(events: list[Any]) -> None:
-        processor = worker.processor
-        assert processor is not None
-        messages = [
-            InMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
-            for e in events
-        ]
-        pending = await retry("redis", partial(processor.prepare, messages))
-        await retry("kafka", partial(publish, pending))
-        await retry("redis", partial(processor.commit, pending))
 
-    @app.agent(telemetry)
-    async def score_telemetry(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
-            while worker.processor is None:
-                await asyncio.sleep(0.1)
-            started = time.perf_counter()
-            await process(list(events))
-            metrics.BATCH_SIZE.observe(len(events))
-            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-            _observe_lag(app, events)
-            worker.last_batch_at = time.time()
-            worker.batches += 1
+async def _applied(worker: Worker, topic: str, partitions: list[int]) -> dict[int, int]:
+    return await _processor(worker).state.applied_offsets(topic, partitions)
 
-    @app.on_partitions_revoked.connect
-    async def _forget_lag(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        # A partition that moved to another worker is that worker's to report.
-        for tp in revoked:
-            if tp.topic == settings.topic_telemetry:
-                with contextlib.suppress(KeyError):
-                    metrics.CONSUMER_LAG.remove(str(tp.partition))
 
-    @app.timer(interval=reload_interval_s)
-    async def _reload() -> None:
-        if worker.processor is not None:
-            await asyncio.get_running_loop().run_in_executor(None, worker.maybe_reload)
+async def _startup(worker: Worker) -> None:
+    """Load the bundle in a thread (TensorFlow start-up must not stall the loop), then consume."""
+    await asyncio.get_running_loop().run_in_executor(None, worker.load)
+    worker.ready.set()
+
+
+async def _reload(worker: Worker) -> None:
+    if worker.processor is not None:
+        await asyncio.get_running_loop().run_in_executor(None, worker.maybe_reload)
+
+
+def add_views(app: faust.App, worker: Worker, loop: TelemetryLoop, settings: Settings) -> None:
+    """/metrics (Prometheus) and /healthz (ready, not stalled)."""
 
     @app.page("/metrics")
     async def _metrics(web_view: Any, request: Any) -> Any:
@@ -234,32 +219,23 @@ def create_app(
 
     @app.page("/healthz")
     async def _health(web_view: Any, request: Any) -> Any:
-        ready = worker.processor is not None
-        body = {
-            "status": "ok" if ready else "starting",
-            "bundle": worker.bundle.version if worker.bundle else None,
-            "batches": worker.batches,
-            "last_batch_age_s": None if worker.last_batch_at is None else round(time.time() - worker.last_batch_at, 3),
-            "assigned": sorted(
-                f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment() if tp.topic == settings.topic_telemetry
-            ) if ready else [],
-        }
-        return web.Response(text=json.dumps(body), status=200 if ready else 503, content_type="application/json")
-
-    return app, worker
+        body = health(worker, loop, settings)
+        return web.Response(text=json.dumps(body), status=200 if body["status"] == "ok" else 503,
+                            content_type="application/json")
 
 
-def _observe_lag(app: faust.App, events: list[Any]) -> None:
-    last: dict[Any, int] = {}
-    for event in events:
-        last[event.message.tp] = event.message.offset
-    for tp, offset in last.items():
-        try:
-            highwater = app.consumer.highwater(tp)
-        except Exception:
-            continue
-        if highwater is not None:
-            metrics.CONSUMER_LAG.labels(partition=str(tp.partition)).set(max(highwater - offset - 1, 0))
+def health(worker: Worker, loop: TelemetryLoop, settings: Settings) -> dict[str, Any]:
+    """ok, starting (bundle not loaded) or stalled (lag and no batch done for stall_timeout_s)."""
+    ready = worker.processor is not None
+    stalled = ready and loop.stalled(settings.stall_timeout_s)
+    return {
+        "status": "starting" if not ready else "stalled" if stalled else "ok",
+        "bundle": worker.bundle.version if worker.bundle else None,
+        "batches": loop.batches,
+        "last_batch_age_s": None if loop.last_batch_at is None else round(time.time() - loop.last_batch_at, 3),
+        "lag": sum(loop.lag.values()),
+        "assigned": loop.assigned() if ready else [],
+    }
 
 
 def kafka_credentials(settings: Settings) -> Any:

@@ -31,3 +31,13 @@ BATCH_SECONDS = Histogram(
 CONSUMER_LAG = Gauge("diskwatch_consumer_lag", "Messages behind the partition's high watermark.", ["partition"])
 RETRIES = Counter("diskwatch_retries_total", "Retried operations after a Redis or Kafka error.", ["target"])
 BUNDLE_INFO = Gauge("diskwatch_bundle_info", "The model bundle in use (value 1).", ["version"])
+BATCH_ERRORS = Counter(
+    "diskwatch_batch_errors_total", "Batch attempts that failed with a non-transient error (then split)."
+)
+DEAD_LETTER_FAILURES = Counter(
+    "diskwatch_dead_letter_failures_total", "Dead letters the broker refused for good (record skipped, logged)."
+)
+REBALANCES = Counter("diskwatch_rebalances_total", "Partition revocations this process went through.")
+SEEKS = Counter(
+    "diskwatch_redis_rewinds_total", "Partitions re-read because Redis had applied less than Kafka committed."
+)

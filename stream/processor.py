@@ -4,12 +4,13 @@ Transport-free: the faust agent (and the benchmark's plain consumer) feed it
 raw Kafka messages and publish what it returns. The order that makes
 at-least-once delivery safe is the caller's:
 
-1. :meth:`BatchProcessor.prepare` — validate, write days to Redis (HSETNX:
-   duplicates change nothing), score every window that became full and was
+1. :meth:`BatchProcessor.prepare` — validate, merge the days into Redis (the
+   stored day wins: duplicates change nothing), score every window that became full and was
    never scored, decide alerts with the per-drive debounce state;
 2. publish alerts and dead letters and wait for the broker's acks;
-3. :meth:`BatchProcessor.commit` — mark those windows scored and store the
-   debounce state, then let the consumer commit offsets.
+3. :meth:`BatchProcessor.commit` — mark those windows scored, store the
+   debounce state and the batch's last offset per partition (one write), then
+   let the consumer commit offsets.
 
 A crash before step 3 replays the batch: Redis already has the days, the
 windows are scored again with the same result, and alerts carry the same
@@ -71,6 +72,9 @@ class PendingBatch:
     unscored: dict[str, int] = field(default_factory=dict)  # by reason
     # (serial, day) -> the batch's exact values of the model columns, for alert reasons
     reported: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    topic: str | None = None
+    applied: dict[int, int] = field(default_factory=dict)  # partition → last offset of this batch
+    lost: dict[int, int] = field(default_factory=dict)  # partition → offset Redis still has (it lost writes)
 
 
 class BatchProcessor:
@@ -110,6 +114,7 @@ class BatchProcessor:
 
     async def prepare(self, messages: list[InMessage]) -> PendingBatch:
         pending = PendingBatch()
+        _note_offsets(messages, pending)
         batch, vectors = await self._off_loop(self._decode, messages, pending)
         pending.records = len(batch.serials)
         if not batch.serials:
@@ -150,12 +155,14 @@ class BatchProcessor:
         # Windows that may have become full: those ending on a stored day within
         # reach of a day of this batch and never scored. Duplicates count on
         # purpose: a batch replayed after a crash before commit() must score again.
+        if not self.score_enabled:
+            return  # --no-score: windows are kept, nothing is assembled
         owner = state.owner
         reach = self.config.window + self.config.max_gap
         ends = np.flatnonzero(~state.scored & _within_reach(state, batch, owner, reach))
         full, windows = windows_ending_at(owner, state.days, state.vectors, ends, self.config)
         ends = ends[full]
-        if ends.size == 0 or not self.score_enabled:
+        if ends.size == 0:
             return
         x = self.spec.finalize(windows)
         started = time.perf_counter()
@@ -265,7 +272,7 @@ class BatchProcessor:
 
     async def commit(self, pending: PendingBatch) -> None:
         started = time.perf_counter()
-        await self.state.mark(pending.scored, pending.severity)
+        pending.lost = await self.state.mark(pending.scored, pending.severity, pending.applied, pending.topic)
         metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
 
 
@@ -277,6 +284,14 @@ def _unit(value: Any) -> float:
 def _finite(value: Any) -> float:
     v = float(value)
     return max(v, 0.0) if np.isfinite(v) else 0.0
+
+
+def _note_offsets(messages: list[InMessage], pending: PendingBatch) -> None:
+    """The last offset per partition: recorded in Redis with the marks (Kafka is the source of truth)."""
+    for m in messages:
+        if m.topic is not None and m.partition is not None and m.offset is not None:
+            pending.topic = m.topic
+            pending.applied[m.partition] = max(pending.applied.get(m.partition, -1), m.offset)
 
 
 def _count_in(messages: list[InMessage], pending: PendingBatch) -> None:

@@ -18,8 +18,9 @@ Measured in one run, on the same topic of simulated telemetry:
   sustains, with and without scoring;
 * Redis bytes per tracked serial (``MEMORY USAGE`` of window keys).
 
-Targets: no_score >= 0.5 x plain; score windows/s >= 0.8 x engine; engine >=
-0.9 x raw predict. Needs the stack: ``deploy/local/stack up``.
+Targets (issue #13): no_score >= 0.25 x plain; processor alone >= 100k records/s;
+score steady windows/s >= 0.6 x engine; Redis bytes per serial <= 1.3 KB; engine >=
+0.9 x raw predict. Also: Redis CPU per record, 1 vs 2 worker processes on 4 partitions. Needs the stack: ``deploy/local/stack up``.
 
     python tests/benchmarks/bench_worker.py [--drives 2000] [--days 21]
 """
@@ -180,26 +181,44 @@ def metric(port: int, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: float = 900) -> dict[str, float]:
+def redis_cpu_s(url: str) -> float:
+    """redis-server's CPU seconds so far (user + sys): this stack's own instance."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    info = client.info("cpu")
+    client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: float = 900,
+               workers: int = 1) -> dict[str, float]:
     port = free_port()
     env = {**env, "DISKWATCH_METRICS_PORT": str(port), "DISKWATCH_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
            "DISKWATCH_REDIS_KEY_PREFIX": f"bench:{uuid.uuid4().hex[:6]}"}
-    cmd = [sys.executable, "-m", "diskwatch", "worker", "--model", str(bundle)] + ([] if score else ["--no-score"])
+    cmd = [sys.executable, "-m", "diskwatch", "worker", "--model", str(bundle), "--workers", str(workers)]
+    cmd += [] if score else ["--no-score"]
+    cpu0 = redis_cpu_s(env["DISKWATCH_REDIS_URL"])
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def total(name: str) -> float:
+        return sum(max(metric(port + i, name), 0.0) for i in range(workers))
+
     try:
         deadline = time.monotonic() + timeout
         start = scoring = None
         while time.monotonic() < deadline:
-            done = metric(port, "diskwatch_records_in_total")
+            done = total("diskwatch_records_in_total")
             now = time.perf_counter()
             if done > 0 and start is None:
                 start, first = now, done
-            windows = metric(port, "diskwatch_windows_scored_total")
+            windows = total("diskwatch_windows_scored_total")
             if windows > 0 and scoring is None:
                 scoring, first_windows = now, windows
             if done >= n:
                 out = {"seconds": now - start, "records": n - first, "windows": windows,
-                       "prefix": env["DISKWATCH_REDIS_KEY_PREFIX"]}
+                       "prefix": env["DISKWATCH_REDIS_KEY_PREFIX"],
+                       "redis_cpu_us_per_record": (redis_cpu_s(env["DISKWATCH_REDIS_URL"]) - cpu0) * 1e6 / n}
                 if scoring is not None and now > scoring:
                     # Steady state: from the first scored batch on, every record completes a window.
                     out["steady_windows_per_s"] = (windows - first_windows) / (now - scoring)
@@ -230,6 +249,8 @@ def processor_alone(bundle_path: Path, messages: list[tuple[bytes, bytes]], redi
         processor = BatchProcessor(bundle, state, score=score, max_batch=batch)
         processor.warmup()
         inbox = [InMessage(v, k, "bench", 0, i) for i, (k, v) in enumerate(messages)]
+        await client.config_resetstat()
+        cpu0 = redis_cpu_s(redis_url)
         started = time.perf_counter()
         windows, scoring_from, windows_before = 0, None, 0
         for i in range(0, len(inbox), batch):
@@ -240,6 +261,10 @@ def processor_alone(bundle_path: Path, messages: list[tuple[bytes, bytes]], redi
             windows += pending.windows_scored
         elapsed = time.perf_counter() - started
         out = {"records_per_s": len(inbox) / elapsed}
+        # Server CPU (user + sys) per record; commandstats would count commands inside scripts twice.
+        out["redis_cpu_us_per_record"] = (redis_cpu_s(redis_url) - cpu0) * 1e6 / len(inbox)
+        stats = await client.info("commandstats")
+        out["redis_commands_per_batch"] = sum(int(v["calls"]) for v in stats.values()) / -(-len(inbox) // batch)
         if scoring_from is not None:
             out["steady_windows_per_s"] = (windows - windows_before) / (time.perf_counter() - scoring_from)
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=5000)]
@@ -279,7 +304,7 @@ def redis_bytes_per_serial(url: str, prefix: str) -> float:
     import redis
 
     client = redis.Redis.from_url(url)
-    keys = [k for _, k in zip(range(200), client.scan_iter(match=f"{prefix}:w:*", count=1000), strict=False)]
+    keys = [k for _, k in zip(range(200), client.scan_iter(match=f"{prefix}:w2:*", count=1000), strict=False)]
     sizes = [client.memory_usage(k) or 0 for k in keys]
     all_keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
     if all_keys:
@@ -321,6 +346,14 @@ def main() -> None:
         engine = engine_vs_raw(bundle, args.batch_size)
         alone_no_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=False)
         alone_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=True)
+        # One vs two worker processes on a 4-partition topic (no scoring).
+        wide = f"{topic}-p4"
+        asyncio.run(produce(bootstrap, wide, messages, 4))
+        wide_env = {**env, "DISKWATCH_TOPIC_TELEMETRY": wide}
+        one = run_worker(bundle, wide_env, n, score=False)
+        redis_bytes_per_serial(redis_url, one["prefix"])
+        two = run_worker(bundle, wide_env, n, score=False, workers=2)
+        redis_bytes_per_serial(redis_url, two["prefix"])
     plain_rate = n / plain_s
     no_score_rate = no_score["records"] / no_score["seconds"]
     score_rate = scored["records"] / scored["seconds"]
@@ -354,7 +387,15 @@ def main() -> None:
         "ratio_score_records_vs_plain": round(score_rate / plain_rate, 3),
         "ratio_engine_vs_raw_predict": round(engine["engine_windows_per_s"] / engine["raw_predict_windows_per_s"], 3),
         "redis_bytes_per_serial": round(redis_bytes),
-        "targets": {"no_score_vs_plain": 0.5, "score_vs_engine": 0.8, "engine_vs_raw": 0.9},
+        "redis_cpu_us_per_record_worker_no_score": round(no_score["redis_cpu_us_per_record"], 2),
+        "redis_cpu_us_per_record_processor_alone": round(alone_no_score["redis_cpu_us_per_record"], 2),
+        # includes the GETRANGE + SET per drive run inside the one compare-and-set script call
+        "redis_commands_per_batch_processor_alone": round(alone_no_score["redis_commands_per_batch"], 2),
+        "p4_one_worker_no_score_records_per_s": round(one["records"] / one["seconds"]),
+        "p4_two_workers_no_score_records_per_s": round(two["records"] / two["seconds"]),
+        "ratio_two_vs_one_worker": round((two["records"] / two["seconds"]) / (one["records"] / one["seconds"]), 3),
+        "targets": {"no_score_vs_plain": 0.25, "processor_alone_no_score_records_per_s": 100_000,
+                    "score_steady_vs_engine": 0.6, "engine_vs_raw": 0.9, "redis_bytes_per_serial_max": 1313},
     }))
 
 

@@ -9,6 +9,7 @@ import random
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
@@ -152,3 +153,67 @@ def test_oversized_and_misdated_messages_become_small_dead_letters(sim_bundle: P
     assert first.payload_truncated and first.payload_length == len(big) and len(first.to_json()) < 16_384
     assert first.payload_sha256 == hashlib.sha256(big).hexdigest()
     assert not letters[1].payload_truncated and letters[1].original_payload() == future
+
+
+class PoisonProcessor(BatchProcessor):
+    """Scoring raises whenever the batch holds a drive named POISON-* (a crafted record)."""
+
+    def _score(self, pending, batch, state) -> None:  # type: ignore[no-untyped-def]
+        if any(s.startswith("POISON") for s in batch.serials):
+            raise RuntimeError("crafted record makes scoring raise")
+        super()._score(pending, batch, state)
+
+
+def test_poison_record_is_split_out_to_dlq_and_the_rest_is_stored(
+    records: list[TelemetryRecord], sim_bundle: Path, redis_url: str, kafka_bootstrap: str
+) -> None:
+    """A batch failing for a non-transient reason: bounded attempts, split, one processing_error."""
+    import json
+
+    from aiokafka import AIOKafkaProducer
+
+    from diskwatch.stream.batches import BatchRunner
+    from tests.integration.workers import Stream
+
+    good = records[:63]
+    poison = TelemetryRecord(date="2024-01-05", serial_number="POISON-1", smart={5: [0, 100]})
+    msgs = [InMessage(r.to_json(), r.serial_number.encode(), "telemetry", 0, i) for i, r in enumerate(good)]
+    msgs.insert(40, InMessage(poison.to_json(), b"POISON-1", "telemetry", 0, 999))
+    stream = Stream(kafka_bootstrap, redis_url)
+    asyncio.run(stream.create_topics())
+
+    async def scenario() -> tuple[int, int]:
+        bundle = load_bundle(sim_bundle)
+        client = aioredis.from_url(redis_url)
+        state = WindowState(client, bundle.spec, prefix=stream.prefix, keep_days=60, ttl_seconds=600)
+        processor = PoisonProcessor(bundle, state, score=False)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+
+        async def publish(pending) -> None:  # type: ignore[no-untyped-def]
+            futures = [await producer.send(stream.dlq, x.to_json()) for x in pending.dead_letters]
+            await asyncio.gather(*futures)
+
+        try:
+            await BatchRunner(lambda: processor, publish, attempts=2, backoff_s=0.01).apply(msgs)
+            _, stored = await state.ingest([r.serial_number for r in good], [0] * len(good),
+                                           np.zeros((len(good), bundle.spec.n_features), np.float32),
+                                           [""] * len(good))
+            days = sum(len(stored[s].days) for s in stored)
+        finally:
+            await producer.stop()
+            keys = [k async for k in client.scan_iter(match=f"{stream.prefix}:*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+        return days, len({r.serial_number for r in good})
+
+    days, drives = asyncio.run(scenario())
+    letters = asyncio.run(stream.read(stream.dlq, expect=1, idle_s=3, timeout_s=60))
+    # every good record stored (+ the probe day 0 of each drive); one dead letter, the crafted one
+    assert days == len(good) + drives
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["reason_code"] == "processing_error" and letter["source_offset"] == 999
+    assert "crafted record makes scoring raise" in letter["reason"]
+    assert json.loads(letter["payload"])["serial_number"] == "POISON-1"

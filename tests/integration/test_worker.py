@@ -85,8 +85,7 @@ def bundle_spec(bundle_path: Path) -> FeatureSpec:
 def drive_state(client: redis.Redis, stream: Stream, bundle_path: Path, serial: str) -> DriveState:
     spec = bundle_spec(bundle_path)
     key = window_key(stream.prefix, spec_fingerprint(spec), serial)
-    flat = [x for pair in client.hgetall(key).items() for x in pair]
-    return DriveState.parse(flat, spec.n_features)
+    return DriveState.decode(client.get(key), spec.n_features)
 
 
 def wait_for(condition, timeout: float, what: str, worker: WorkerProcess | None = None,
@@ -107,13 +106,21 @@ def stored_days(client: redis.Redis, stream: Stream, bundle_path: Path, serials:
 
 
 def last_days(sim_fleet: Path, sim_bundle: Path, drives: int) -> dict[str, list[TelemetryRecord]]:
-    """The first ``drives`` serials with their last S + G days: every one must stay in a window."""
+    """The first ``drives`` serials with their records of the last S + G calendar days: every one
+    must stay in a window, whatever the batch boundaries.
+
+    Calendar days, not the last S + G records: a drive with a gap in them spans more than S + G
+    days, and when a batch boundary falls before its newest record the trim (keep days newer
+    than newest − (S + G)) rightly drops its oldest one — the count the tests wait for was then
+    never reached (the intermittent "timed out waiting for every record stored").
+    """
     bundle = load_bundle(sim_bundle)
     keep = bundle.window.window + bundle.window.max_gap
     by_serial: dict[str, list[TelemetryRecord]] = {}
     for r in read_records(sim_fleet):
         by_serial.setdefault(r.serial_number, []).append(r)
-    return {s: rs[-keep:] for s, rs in sorted(by_serial.items())[:drives]}
+    return {s: [r for r in rs if (rs[-1].date - r.date).days < keep]
+            for s, rs in sorted(by_serial.items())[:drives]}
 
 
 @pytest.fixture
@@ -306,11 +313,11 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
 class PrivateRedis:
     """A redis-server of this test's own (AOF, fsync always) that it may stop and start again."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fsync: str = "always") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed (deploy/local/stack up installs it)")
-        self.binary, self.dir, self.port = binary, directory, free_port()
+        self.binary, self.dir, self.port, self.fsync = binary, directory, free_port(), fsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -320,7 +327,7 @@ class PrivateRedis:
     def start(self) -> PrivateRedis:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always"],
+             "--appendonly", "yes", "--appendfsync", self.fsync],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
@@ -331,6 +338,12 @@ class PrivateRedis:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(30)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no final fsync (with ``everysec`` the last second may be lost)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(30)
 
 
@@ -469,3 +482,125 @@ def test_real_failing_drive_alerts_before_failure(
     got = {(a["serial_number"], a["date"], a["severity"]) for a in alerts}
     assert got == expected
     assert {s for s, d, _ in got if s in early and dt.date.fromisoformat(d) < epoch + dt.timedelta(days=failed[s])}
+
+
+def test_sigterm_mid_batch_with_redis_down_commits_nothing_and_stuck_worker_is_unhealthy(
+    kafka_bootstrap: str, sim_fleet: Path, sim_bundle: Path, tmp_path: Path
+) -> None:
+    """Redis down, 5 records in, /healthz says stalled, SIGTERM, Redis up, restart: all 5 stored."""
+    chosen = last_days(sim_fleet, sim_bundle, 5)
+    five = [rs[-1] for rs in chosen.values()]
+    private = PrivateRedis(tmp_path).start()
+    client = redis.Redis.from_url(private.url)
+    stream = Stream(kafka_bootstrap, private.url)
+    asyncio.run(stream.create_topics())
+    port = free_port()
+    fast = {"DISKWATCH_METRICS_PORT": port, "DISKWATCH_STALL_TIMEOUT_S": 3}
+    try:
+        worker = WorkerProcess(stream, sim_bundle, **fast).start()
+        try:
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 120, "worker health", worker)
+            private.stop()
+            asyncio.run(stream.produce_records(five))
+            wait_for(lambda: metric(port, 'diskwatch_retries_total{target="redis"}') > 0, 60,
+                     "the worker to retry Redis", worker)
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503, 60, "health to turn", worker)
+            health = json.loads(http_get(f"http://127.0.0.1:{port}/healthz")[1])
+            assert health["status"] == "stalled" and health["lag"] == 5
+            assert metric(port, 'diskwatch_consumer_lag{partition="0"}') == 5
+            code = worker.stop()
+            assert code is not None and code != -9, "SIGTERM must stop the worker without SIGKILL"
+        finally:
+            worker.kill()
+        private.start()
+        assert stored_days(client, stream, sim_bundle, list(chosen)) == 0
+        with WorkerProcess(stream, sim_bundle) as again:
+            wait_for(lambda: stored_days(client, stream, sim_bundle, list(chosen)) == 5, 120,
+                     "all 5 records stored after the restart", again)
+    finally:
+        client.close()
+        private.stop()
+
+
+WINDOW_KEEP = 9  # S + G of the test bundle (tests/integration/conftest.py: window 7, max gap 2)
+
+
+def test_rebalance_in_the_middle_of_batches_loses_no_day_and_repeats_no_alert(
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_bundle: Path,
+) -> None:
+    """B joins while A is scoring a stream of batches: A finishes (and commits) its batch before giving
+    partitions up, so every day is stored once and no idempotency key is alerted twice."""
+    keep = WINDOW_KEEP
+    # Drives whose last S + G days span at most S + G days: none of them may be trimmed, whatever the order.
+    chosen = {s: rs for s, rs in last_days(sim_fleet, sim_bundle, 500).items() if (rs[-1].date - rs[0].date).days < keep}
+    by_day: dict[dt.date, list[TelemetryRecord]] = {}
+    for rs in chosen.values():
+        for r in rs:
+            by_day.setdefault(r.date, []).append(r)
+    waves = [by_day[d] for d in sorted(by_day)]
+    stream = Stream(kafka_bootstrap, redis_url, partitions=4)
+    asyncio.run(stream.create_topics())
+    port_a, port_b = free_port(), free_port()
+    a = WorkerProcess(stream, sim_bundle, DISKWATCH_METRICS_PORT=port_a, DISKWATCH_BATCH_SIZE=128,
+                      DISKWATCH_BATCH_LINGER_S=0.2)
+    b = WorkerProcess(stream, sim_bundle, DISKWATCH_METRICS_PORT=port_b, DISKWATCH_BATCH_SIZE=128,
+                      DISKWATCH_BATCH_LINGER_S=0.2)
+    try:
+        a.start()
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port_a}/healthz")[0] == 200, 120, "worker A", a)
+        asyncio.run(stream.produce_records(waves[0]))
+        b.start()  # joins while A works through the waves below
+        for wave in waves[1:]:
+            asyncio.run(stream.produce_records(wave))
+            time.sleep(0.7)
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port_b}/healthz")[0] == 200, 120, "worker B", b)
+        total = sum(len(w) for w in waves)
+        wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, list(chosen)) == total, 180,
+                 "every record stored", b)
+        alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+        rebalances = metric(port_a, "diskwatch_rebalances_total")
+    finally:
+        a.stop()
+        b.stop()
+        cleanup(sync_redis, stream)
+    assert rebalances >= 1, "B joining must have revoked partitions from A"
+    assert alerts, "the waves complete windows of failing drives: some alerts expected"
+    keys = Counter(x["idempotency_key"] for x in alerts)
+    assert not [k for k, n in keys.items() if n > 1], f"duplicate alerts: {keys.most_common(3)}"
+
+
+def test_redis_sigkill_mid_stream_restart_from_aof_loses_no_day_and_repeats_no_alert(
+    kafka_bootstrap: str, sim_fleet: Path, sim_bundle: Path, tmp_path: Path
+) -> None:
+    """Issue #14.1: redis-server SIGKILLed (AOF everysec) while batches flow, restarted from its AOF."""
+    chosen = {s: rs for s, rs in last_days(sim_fleet, sim_bundle, 300).items()
+              if (rs[-1].date - rs[0].date).days < WINDOW_KEEP}
+    by_day: dict[dt.date, list[TelemetryRecord]] = {}
+    for rs in chosen.values():
+        for r in rs:
+            by_day.setdefault(r.date, []).append(r)
+    waves = [by_day[d] for d in sorted(by_day)]
+    private = PrivateRedis(tmp_path, fsync="everysec").start()
+    client = redis.Redis.from_url(private.url)
+    stream = Stream(kafka_bootstrap, private.url)
+    asyncio.run(stream.create_topics())
+    try:
+        with WorkerProcess(stream, sim_bundle, DISKWATCH_BATCH_SIZE=64, DISKWATCH_BATCH_LINGER_S=0.1) as worker:
+            for i, wave in enumerate(waves):
+                asyncio.run(stream.produce_records(wave))
+                if i == len(waves) // 2:
+                    wait_for(lambda: stored_days(client, stream, sim_bundle, list(chosen)) > 0, 120,
+                             "some days stored", worker, interval=0.05)
+                    private.kill()  # mid-stream, no goodbye
+                    time.sleep(1)
+                    private.start()  # from its AOF
+            total = sum(len(w) for w in waves)
+            wait_for(lambda: _pings(client) and stored_days(client, stream, sim_bundle, list(chosen)) == total,
+                     180, "every day in its window after the Redis crash", worker)
+            alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+            assert worker.alive()
+    finally:
+        client.close()
+        private.stop()
+    keys = Counter(a["idempotency_key"] for a in alerts)
+    assert not [k for k, n in keys.items() if n > 1], f"duplicate alerts: {keys.most_common(3)}"
