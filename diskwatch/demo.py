@@ -286,6 +286,7 @@ def _drop_run(settings: Settings, run: str, console: Console) -> None:
     except Exception as exc:  # best effort: the demo's result matters more than its litter
         console.print(f"[yellow]cleanup of demo-{run}-* failed[/]: {type(exc).__name__}: {exc}")
         return
+    console.print()  # the live table's last line has no newline of its own
     console.print(f"cleanup: deleted {topics} topics demo-{run}-* and {keys} Redis keys demo:{run}:*")
 
 
