@@ -1,7 +1,7 @@
 """Soak benchmark: hold a replay's full rate through 2 workers on 4 partitions and watch them.
 
-Not a CI test: it runs for as long as the fleet takes (the defaults, 20 000 drives x 60 days
-= ~1.2 M records, are meant to last well over 10 minutes on a 2-core machine). Steps:
+Not a CI test: it runs for as long as the fleet takes (the defaults, 60 000 drives x 80 days
+= ~4.5 M records, last over 10 minutes on a 2-core machine at ~7k records/s). Steps:
 
 1. simulate the fleet into a daily-CSV dump and build a default-size bundle (untrained:
    throughput does not depend on the weights);
@@ -19,7 +19,7 @@ days) and window keys in Redis (expected = drives). ``ok`` says whether all of t
 A smoke run: ``--drives 300 --days 20 --min-seconds 0``. Needs the stack (``deploy/local/stack up``;
 ``--brokers 3`` works too, the worker reads ``DISKWATCH_KAFKA_BOOTSTRAP_SERVERS``).
 
-    python tests/benchmarks/bench_soak.py [--drives 20000] [--days 60] [--workers 2] [--partitions 4]
+    python tests/benchmarks/bench_soak.py [--drives 60000] [--days 80] [--workers 2] [--partitions 4]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from diskwatch.stream.windowstate import window_key  # noqa: E402
 from tests.benchmarks.bench_worker import free_port, make_bundle, metric  # noqa: E402
 
 # RSS may grow this much (MiB) from the first sample to the end before the run counts as leaking.
@@ -231,7 +232,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             windows_scored = sum_metric("diskwatch_windows_scored_total")
             consumed = sum_metric("diskwatch_records_in_total")
             dead_letters = kafka.end(f"{topic}-dlq", 1)
-            window_keys = sum(1 for _ in client.scan_iter(match=f"{prefix}:w:*", count=5000))
+            window_keys = sum(1 for _ in client.scan_iter(match=window_key(prefix, "*", "*"), count=5000))
             rss_end = [round(rss_mb(p), 1) for p in pids]
         finally:
             if replay is not None:
@@ -269,8 +270,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--drives", type=int, default=20000)
-    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--drives", type=int, default=60000)
+    parser.add_argument("--days", type=int, default=80)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=512)
