@@ -28,7 +28,8 @@ import struct
 import subprocess
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -457,18 +458,20 @@ def redis_client(redis_url: str, redis_prefix: str) -> Iterator[redis.Redis]:  #
         client.close()
 
 
-try:
-    import pytest_asyncio
-except ImportError:  # pragma: no cover - pytest-asyncio is a dev dependency
-    pytest_asyncio = None
+@pytest.fixture
+def async_redis(
+    redis_url: str, redis_prefix: str
+) -> Callable[[], AbstractAsyncContextManager[redis.asyncio.Redis]]:  # noqa: F821
+    """Opens a redis.asyncio client on the test DB inside the test's own ``asyncio.run``.
 
-if pytest_asyncio is not None:
+    Async clients belong to one event loop, so the test opens one in its async body
+    (``async with async_redis() as client:``); on exit every key under ``redis_prefix`` is
+    deleted and the client closed.
+    """
+    import redis.asyncio as aioredis
 
-    @pytest_asyncio.fixture
-    async def async_redis_client(redis_url: str, redis_prefix: str) -> AsyncIterator[redis.asyncio.Redis]:  # noqa: F821
-        """redis.asyncio client on the test DB; deletes every key under ``redis_prefix`` afterwards."""
-        import redis.asyncio as aioredis
-
+    @asynccontextmanager
+    async def open_client() -> AsyncIterator[aioredis.Redis]:
         client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         try:
             yield client
@@ -477,6 +480,8 @@ if pytest_asyncio is not None:
             if keys:
                 await client.delete(*keys)
             await client.aclose()
+
+    return open_client
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,74 +53,76 @@ async def _list_topics(bootstrap: str) -> set[str]:
         await admin.close()
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("source_topic", ["declared", "auto-created"])
-async def test_faust_agent_consumes_all(kafka_bootstrap: str, unique_topic: str, source_topic: str) -> None:
-    declared = source_topic == "declared"
-    app_id = f"diskwatch-test-{uuid.uuid4().hex[:10]}"
-    extra = {} if declared else {"consumer_metadata_max_age_ms": 1000}  # see module docstring
-    app = faust.App(
-        app_id,
-        broker=f"kafka://{kafka_bootstrap}",
-        store="memory://",
-        web_enabled=False,
-        topic_partitions=1,
-        topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_every=10,
-        broker_commit_interval=0.5,
-        **extra,
-    )
-    topic = app.topic(unique_topic, key_type=str, value_serializer="json", partitions=1, internal=declared)
-    counts = app.Table("counts", default=int, partitions=1)
-
-    batches: list[list[dict]] = []
-    seen: list[dict] = []
-
-    @app.agent(topic)
-    async def collect(stream):
-        async for batch in stream.take(16, within=0.5):
-            batches.append(batch)
-            seen.extend(batch)
-
-    @app.agent(topic)
-    async def count(stream):
-        async for key, _value in stream.items():
-            counts[key] += 1
-
-    await app.start()
-    try:
-        # faust created its internal topics on start (CreateTopics): table changelog, assignor
-        topics = await _list_topics(kafka_bootstrap)
-        assert f"{app_id}-counts-changelog" in topics
-        assert f"{app_id}-__assignor-__leader" in topics
-        if declared:
-            assert unique_topic in topics
-
-        producer = AIOKafkaProducer(
-            bootstrap_servers=kafka_bootstrap,
-            key_serializer=str.encode,
-            value_serializer=lambda v: json.dumps(v).encode(),
+def test_faust_agent_consumes_all(kafka_bootstrap: str, unique_topic: str, source_topic: str) -> None:
+    async def scenario() -> None:
+        declared = source_topic == "declared"
+        app_id = f"diskwatch-test-{uuid.uuid4().hex[:10]}"
+        extra = {} if declared else {"consumer_metadata_max_age_ms": 1000}  # see module docstring
+        app = faust.App(
+            app_id,
+            broker=f"kafka://{kafka_bootstrap}",
+            store="memory://",
+            web_enabled=False,
+            topic_partitions=1,
+            topic_replication_factor=1,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_every=10,
+            broker_commit_interval=0.5,
+            **extra,
         )
-        await producer.start()
+        topic = app.topic(unique_topic, key_type=str, value_serializer="json", partitions=1, internal=declared)
+        counts = app.Table("counts", default=int, partitions=1)
+
+        batches: list[list[dict]] = []
+        seen: list[dict] = []
+
+        @app.agent(topic)
+        async def collect(stream):
+            async for batch in stream.take(16, within=0.5):
+                batches.append(batch)
+                seen.extend(batch)
+
+        @app.agent(topic)
+        async def count(stream):
+            async for key, _value in stream.items():
+                counts[key] += 1
+
+        await app.start()
         try:
-            for seq in range(N):
-                key = KEYS[seq % len(KEYS)]
-                await producer.send_and_wait(unique_topic, key=key, value={"key": key, "seq": seq})
+            # faust created its internal topics on start (CreateTopics): table changelog, assignor
+            topics = await _list_topics(kafka_bootstrap)
+            assert f"{app_id}-counts-changelog" in topics
+            assert f"{app_id}-__assignor-__leader" in topics
+            if declared:
+                assert unique_topic in topics
+
+            producer = AIOKafkaProducer(
+                bootstrap_servers=kafka_bootstrap,
+                key_serializer=str.encode,
+                value_serializer=lambda v: json.dumps(v).encode(),
+            )
+            await producer.start()
+            try:
+                for seq in range(N):
+                    key = KEYS[seq % len(KEYS)]
+                    await producer.send_and_wait(unique_topic, key=key, value={"key": key, "seq": seq})
+            finally:
+                await producer.stop()
+
+            await _wait(lambda: len(seen) >= N, f"the take() agent to see {N} messages (saw {len(seen)})")
+            await _wait(
+                lambda: sum(counts[k] for k in KEYS) >= N,
+                f"the table agent to count {N} messages (counted {dict(counts.items())})",
+            )
         finally:
-            await producer.stop()
+            await app.stop()
 
-        await _wait(lambda: len(seen) >= N, f"the take() agent to see {N} messages (saw {len(seen)})")
-        await _wait(
-            lambda: sum(counts[k] for k in KEYS) >= N,
-            f"the table agent to count {N} messages (counted {dict(counts.items())})",
-        )
-    finally:
-        await app.stop()
+        assert unique_topic in await _list_topics(kafka_bootstrap)
+        assert len(seen) == N
+        assert [m["seq"] for m in seen] == list(range(N))  # one partition: total order preserved
+        assert all(1 <= len(b) <= 16 for b in batches)
+        expected = Counter(KEYS[s % len(KEYS)] for s in range(N))
+        assert {k: counts[k] for k in KEYS} == dict(expected)
 
-    assert unique_topic in await _list_topics(kafka_bootstrap)
-    assert len(seen) == N
-    assert [m["seq"] for m in seen] == list(range(N))  # one partition: total order preserved
-    assert all(1 <= len(b) <= 16 for b in batches)
-    expected = Counter(KEYS[s % len(KEYS)] for s in range(N))
-    assert {k: counts[k] for k in KEYS} == dict(expected)
+    asyncio.run(scenario())

@@ -8,17 +8,18 @@ started it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import pytest_asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from diskwatch.core.records import TelemetryRecord
@@ -59,12 +60,15 @@ def cluster_url(request: pytest.FixtureRequest) -> Iterator[str]:
         _script("down")
 
 
-@pytest_asyncio.fixture
-async def cluster(cluster_url: str) -> AsyncIterator[RedisCluster]:
-    client = RedisCluster.from_url(cluster_url, decode_responses=False)
+@asynccontextmanager
+async def open_cluster(url: str) -> AsyncIterator[RedisCluster]:
+    """A cluster client bound to the running loop (each test opens one inside its ``asyncio.run``)."""
+    client = RedisCluster.from_url(url, decode_responses=False)
     await client.initialize()
-    yield client
-    await client.aclose()
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
@@ -99,78 +103,84 @@ async def _delete(client: RedisCluster, keys: list[str]) -> None:
         await client.delete(key)
 
 
-@pytest.mark.asyncio
-async def test_ingest_many_serials_in_one_pipeline(cluster: RedisCluster, prefix: str) -> None:
-    spec = FeatureSpec()
-    state = WindowState(cluster, spec, prefix=prefix, keep_days=16, ttl_seconds=600)
-    serials = [f"CL-{i}" for i in range(150)]
-    try:
-        # One call: 3 days for each of 150 drives (450 scripts over all three nodes), days shuffled.
-        rng = np.random.default_rng(7)
-        batch = [item(spec, record(s, d)) for s in serials for d in (0, 1, 2)]
-        order = rng.permutation(len(batch))
-        batch = [batch[i] for i in order]
-        added, states = await ingest(state, batch)
-        assert added == [True] * len(batch)
-        assert set(states) == set(serials)
-        for serial in serials:
-            drive = states[serial]
-            days = [day_number(START + dt.timedelta(days=d)) for d in (0, 1, 2)]
-            assert drive.days == days
-            expected = np.stack([spec.record_vector(record(serial, d)) for d in (0, 1, 2)])
-            assert drive.vectors is not None and drive.vectors.dtype == np.float32
-            np.testing.assert_array_equal(drive.vectors, expected)  # NaN == NaN here
-            assert np.isnan(drive.vectors[:, spec.names.index("smart_198_raw")]).all()
-            assert drive.model == "ST4000DM000"
+def test_ingest_many_serials_in_one_pipeline(cluster_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with open_cluster(cluster_url) as cluster:
+            spec = FeatureSpec()
+            state = WindowState(cluster, spec, prefix=prefix, keep_days=16, ttl_seconds=600)
+            serials = [f"CL-{i}" for i in range(150)]
+            try:
+                # One call: 3 days for each of 150 drives (450 scripts over all three nodes), days shuffled.
+                rng = np.random.default_rng(7)
+                batch = [item(spec, record(s, d)) for s in serials for d in (0, 1, 2)]
+                order = rng.permutation(len(batch))
+                batch = [batch[i] for i in order]
+                added, states = await ingest(state, batch)
+                assert added == [True] * len(batch)
+                assert set(states) == set(serials)
+                for serial in serials:
+                    drive = states[serial]
+                    days = [day_number(START + dt.timedelta(days=d)) for d in (0, 1, 2)]
+                    assert drive.days == days
+                    expected = np.stack([spec.record_vector(record(serial, d)) for d in (0, 1, 2)])
+                    assert drive.vectors is not None and drive.vectors.dtype == np.float32
+                    np.testing.assert_array_equal(drive.vectors, expected)  # NaN == NaN here
+                    assert np.isnan(drive.vectors[:, spec.names.index("smart_198_raw")]).all()
+                    assert drive.model == "ST4000DM000"
 
-        # Second call: duplicates are not re-added, new days are; marks land on every node.
-        again = [item(spec, record(s, 2)) for s in serials[:50]] + [item(spec, record(s, 3)) for s in serials]
-        added, states = await ingest(state, again)
-        assert added == [False] * 50 + [True] * len(serials)
-        assert all(len(states[s].days) == 4 for s in serials)
-        last = day_number(START + dt.timedelta(days=3))
-        await state.mark({s: [last] for s in serials}, {s: 1 for s in serials[::2]})
-        _, states = await ingest(state, [item(spec, record(s, 3)) for s in serials])
-        assert all(states[s].scored == {last} for s in serials)
-        assert [states[s].severity for s in serials[:4]] == [1, 0, 1, 0]
+                # Second call: duplicates are not re-added, new days are; marks land on every node.
+                again = [item(spec, record(s, 2)) for s in serials[:50]] + [item(spec, record(s, 3)) for s in serials]
+                added, states = await ingest(state, again)
+                assert added == [False] * 50 + [True] * len(serials)
+                assert all(len(states[s].days) == 4 for s in serials)
+                last = day_number(START + dt.timedelta(days=3))
+                await state.mark({s: [last] for s in serials}, {s: 1 for s in serials[::2]})
+                _, states = await ingest(state, [item(spec, record(s, 3)) for s in serials])
+                assert all(states[s].scored == {last} for s in serials)
+                assert [states[s].severity for s in serials[:4]] == [1, 0, 1, 0]
 
-        # A fresh script cache (node restart, failover) is reloaded and only the unrun calls resent.
-        await cluster.script_flush()
-        added, states = await ingest(state, [item(spec, record(s, 4)) for s in serials])
-        assert added == [True] * len(serials)
-        assert all(len(states[s].days) == 5 for s in serials)
-    finally:
-        await _delete(cluster, [state.key(s) for s in serials])
+                # A fresh script cache (node restart, failover) is reloaded and only the unrun calls resent.
+                await cluster.script_flush()
+                added, states = await ingest(state, [item(spec, record(s, 4)) for s in serials])
+                assert added == [True] * len(serials)
+                assert all(len(states[s].days) == 5 for s in serials)
+            finally:
+                await _delete(cluster, [state.key(s) for s in serials])
+
+    asyncio.run(scenario())
 
 
-@pytest.mark.asyncio
-async def test_keys_of_a_serial_share_a_slot_and_serials_spread(cluster: RedisCluster, prefix: str) -> None:
-    serials = [f"SPREAD-{i}" for i in range(60)]
-    for serial in serials[:10]:
-        slots = {
-            await cluster.cluster_keyslot(key)
-            for key in (window_key(prefix, "aaaaaaaa", serial), window_key(prefix, "bbbbbbbb", serial),
-                        window_key("other", "aaaaaaaa", serial), serial)
-        }
-        assert len(slots) == 1, f"keys of {serial} span slots {slots}"
+def test_keys_of_a_serial_share_a_slot_and_serials_spread(cluster_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        async with open_cluster(cluster_url) as cluster:
+            serials = [f"SPREAD-{i}" for i in range(60)]
+            for serial in serials[:10]:
+                slots = {
+                    await cluster.cluster_keyslot(key)
+                    for key in (window_key(prefix, "aaaaaaaa", serial), window_key(prefix, "bbbbbbbb", serial),
+                                window_key("other", "aaaaaaaa", serial), serial)
+                }
+                assert len(slots) == 1, f"keys of {serial} span slots {slots}"
 
-    spec = FeatureSpec()
-    state = WindowState(cluster, spec, prefix=prefix, keep_days=16, ttl_seconds=600)
-    try:
-        await ingest(state, [item(spec, record(s, 0)) for s in serials])
-        # Which node actually holds each key (per-node SCAN, not the client's slot map).
-        holders: dict[int, set[str]] = {}
-        for node in cluster.get_primaries():
-            keys = [k async for k in node_scan(cluster, node, f"{prefix}:*")]
-            holders[node.port] = {k.decode() for k in keys}
-        assert len(holders) == NODES
-        assert all(holders[p] for p in holders), f"a node holds no keys: { {p: len(k) for p, k in holders.items()} }"
-        assert sorted(k for keys in holders.values() for k in keys) == sorted(state.key(s) for s in serials)
-        for serial in serials:
-            node = cluster.get_node_from_key(state.key(serial))
-            assert state.key(serial) in holders[node.port]
-    finally:
-        await _delete(cluster, [state.key(s) for s in serials])
+            spec = FeatureSpec()
+            state = WindowState(cluster, spec, prefix=prefix, keep_days=16, ttl_seconds=600)
+            try:
+                await ingest(state, [item(spec, record(s, 0)) for s in serials])
+                # Which node actually holds each key (per-node SCAN, not the client's slot map).
+                holders: dict[int, set[str]] = {}
+                for node in cluster.get_primaries():
+                    keys = [k async for k in node_scan(cluster, node, f"{prefix}:*")]
+                    holders[node.port] = {k.decode() for k in keys}
+                assert len(holders) == NODES
+                assert all(holders[p] for p in holders), f"a node holds no keys: { {p: len(k) for p, k in holders.items()} }"
+                assert sorted(k for keys in holders.values() for k in keys) == sorted(state.key(s) for s in serials)
+                for serial in serials:
+                    node = cluster.get_node_from_key(state.key(serial))
+                    assert state.key(serial) in holders[node.port]
+            finally:
+                await _delete(cluster, [state.key(s) for s in serials])
+
+    asyncio.run(scenario())
 
 
 async def node_scan(cluster: RedisCluster, node: ClusterNode, match: str) -> AsyncIterator[bytes]:
@@ -185,23 +195,25 @@ async def node_scan(cluster: RedisCluster, node: ClusterNode, match: str) -> Asy
         await direct.aclose()
 
 
-@pytest.mark.asyncio
-async def test_redis_client_from_settings_is_a_working_cluster_client(cluster_url: str, prefix: str) -> None:
-    settings = Settings(redis_url=cluster_url, redis_cluster=True)
-    client = redis_client(settings)
-    assert isinstance(client, RedisCluster)
-    try:
-        assert await client.ping()
-        nodes = await client.cluster_nodes()
-        assert len([n for n in nodes.values() if "master" in n["flags"]]) == NODES
-        spec = FeatureSpec()
-        state = WindowState(client, spec, prefix=prefix, keep_days=16, ttl_seconds=600)
-        serials = [f"APP-{i}" for i in range(30)]
-        added, states = await ingest(state, [item(spec, record(s, 0, model="")) for s in serials])
-        assert added == [True] * 30
-        assert all(states[s].model == "" and len(states[s].days) == 1 for s in serials)
-        ttl = await client.ttl(state.key(serials[0]))
-        assert 0 < ttl <= 600
-        await _delete(client, [state.key(s) for s in serials])
-    finally:
-        await client.aclose()
+def test_redis_client_from_settings_is_a_working_cluster_client(cluster_url: str, prefix: str) -> None:
+    async def scenario() -> None:
+        settings = Settings(redis_url=cluster_url, redis_cluster=True)
+        client = redis_client(settings)
+        assert isinstance(client, RedisCluster)
+        try:
+            assert await client.ping()
+            nodes = await client.cluster_nodes()
+            assert len([n for n in nodes.values() if "master" in n["flags"]]) == NODES
+            spec = FeatureSpec()
+            state = WindowState(client, spec, prefix=prefix, keep_days=16, ttl_seconds=600)
+            serials = [f"APP-{i}" for i in range(30)]
+            added, states = await ingest(state, [item(spec, record(s, 0, model="")) for s in serials])
+            assert added == [True] * 30
+            assert all(states[s].model == "" and len(states[s].days) == 1 for s in serials)
+            ttl = await client.ttl(state.key(serials[0]))
+            assert 0 < ttl <= 600
+            await _delete(client, [state.key(s) for s in serials])
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -71,14 +73,17 @@ def test_prefix_is_isolated(redis_client, redis_prefix: str) -> None:
     ]
 
 
-@pytest.mark.asyncio
-async def test_asyncio_client_roundtrip(async_redis_client, redis_prefix: str) -> None:
-    key = redis_prefix + "async"
-    await async_redis_client.set(key, "v", px=60_000)
-    assert await async_redis_client.get(key) == "v"
-    async with async_redis_client.pipeline(transaction=True) as pipe:
-        pipe.incrby(redis_prefix + "n", 3).incrby(redis_prefix + "n", 4)
-        assert await pipe.execute() == [3, 7]
-    script = async_redis_client.register_script(HINCR_LUA)
-    assert await script(keys=[redis_prefix + "h"], args=["x", 1]) == [1, 1]
-    assert 0 < await async_redis_client.pttl(key) <= 60_000
+def test_asyncio_client_roundtrip(async_redis, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        async with async_redis() as async_redis_client:
+            key = redis_prefix + "async"
+            await async_redis_client.set(key, "v", px=60_000)
+            assert await async_redis_client.get(key) == "v"
+            async with async_redis_client.pipeline(transaction=True) as pipe:
+                pipe.incrby(redis_prefix + "n", 3).incrby(redis_prefix + "n", 4)
+                assert await pipe.execute() == [3, 7]
+            script = async_redis_client.register_script(HINCR_LUA)
+            assert await script(keys=[redis_prefix + "h"], args=["x", 1]) == [1, 1]
+            assert 0 < await async_redis_client.pttl(key) <= 60_000
+
+    asyncio.run(scenario())

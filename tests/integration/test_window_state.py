@@ -20,144 +20,157 @@ def rows(serial: str, days: list[int], model: str = "ST4000DM000") -> tuple[list
     return [serial] * len(days), np.asarray(days), vectors, [model] * len(days)
 
 
-@pytest.mark.asyncio
-async def test_batches_trim_mark_and_expire(redis_url: str, redis_prefix: str) -> None:
-    import redis.asyncio as aioredis
+def test_batches_trim_mark_and_expire(redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        import redis.asyncio as aioredis
 
-    client = aioredis.from_url(redis_url, decode_responses=False)
-    state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
-    try:
-        # Days 0..9 of drive A arrive shuffled in one batch with B's day 3 and a duplicate of A's day 4.
-        a = rows("A", [7, 2, 9, 0, 4, 1, 8, 3, 6, 5, 4])
-        b = rows("B", [3], model="")
-        added, batch = await state.ingest(a[0] + b[0], np.r_[a[1], b[1]], np.r_[a[2], b[2]], a[3] + b[3])
-        assert added.tolist() == [True] * 10 + [False] + [True]  # the second day 4 changed nothing
-        assert batch.serials == ["A", "B"] and batch.starts.tolist() == [0, 10, 11]
-        assert batch["A"].days == list(range(10))  # trimmed relative to the batch's oldest day: all kept
-        np.testing.assert_array_equal(batch["A"].vectors[:, 0], np.arange(10, dtype=np.float32))
-        assert batch["A"].model == "ST4000DM000" and batch["B"].model == ""
+        client = aioredis.from_url(redis_url, decode_responses=False)
+        state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
+        try:
+            # Days 0..9 of drive A arrive shuffled in one batch with B's day 3 and a duplicate of A's day 4.
+            a = rows("A", [7, 2, 9, 0, 4, 1, 8, 3, 6, 5, 4])
+            b = rows("B", [3], model="")
+            added, batch = await state.ingest(a[0] + b[0], np.r_[a[1], b[1]], np.r_[a[2], b[2]], a[3] + b[3])
+            assert added.tolist() == [True] * 10 + [False] + [True]  # the second day 4 changed nothing
+            assert batch.serials == ["A", "B"] and batch.starts.tolist() == [0, 10, 11]
+            assert batch["A"].days == list(range(10))  # trimmed relative to the batch's oldest day: all kept
+            np.testing.assert_array_equal(batch["A"].vectors[:, 0], np.arange(10, dtype=np.float32))
+            assert batch["A"].model == "ST4000DM000" and batch["B"].model == ""
 
-        # Mark the window ending day 9 scored; the next batch trims days <= 12 - 5.
-        await state.mark({"A": [8, 9]}, {"A": 2, "B": 1})
-        added, batch = await state.ingest(*rows("A", [12], model="ST8000DM002"))
-        drive = batch["A"]
-        assert added.tolist() == [True]
-        assert drive.days == [8, 9, 12] and drive.scored == {8, 9}
-        assert drive.severity == 2 and drive.model == "ST8000DM002"
-        stored = await state.drive("A")  # what Redis holds, read back on its own
-        assert stored.days == [8, 9, 12] and stored.scored == {8, 9} and stored.severity == 2
-        assert stored.model == "ST8000DM002"
-        assert 0 < await client.ttl(state.key("A")) <= 300
+            # Mark the window ending day 9 scored; the next batch trims days <= 12 - 5.
+            await state.mark({"A": [8, 9]}, {"A": 2, "B": 1})
+            added, batch = await state.ingest(*rows("A", [12], model="ST8000DM002"))
+            drive = batch["A"]
+            assert added.tolist() == [True]
+            assert drive.days == [8, 9, 12] and drive.scored == {8, 9}
+            assert drive.severity == 2 and drive.model == "ST8000DM002"
+            stored = await state.drive("A")  # what Redis holds, read back on its own
+            assert stored.days == [8, 9, 12] and stored.scored == {8, 9} and stored.severity == 2
+            assert stored.model == "ST8000DM002"
+            assert 0 < await client.ttl(state.key("A")) <= 300
 
-        # A day older than what is kept still lands (the batch's oldest day bounds the trim).
-        added, batch = await state.ingest(*rows("A", [6]))
-        assert added.tolist() == [True] and batch["A"].days == [6, 8, 9, 12]
-        assert "C" not in batch and len(batch) == 1
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
-        if keys:
-            await client.delete(*keys)
+            # A day older than what is kept still lands (the batch's oldest day bounds the trim).
+            added, batch = await state.ingest(*rows("A", [6]))
+            assert added.tolist() == [True] and batch["A"].days == [6, 8, 9, 12]
+            assert "C" not in batch and len(batch) == 1
+        finally:
+            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_empty_batch_needs_no_redis(redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(redis_url, decode_responses=False)
+        state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
+        added, batch = await state.ingest([], np.zeros(0), np.zeros((0, 2), np.float32), [])
+        assert added.size == 0 and len(batch) == 0 and batch.vectors.shape == (0, 2)
         await client.aclose()
 
-
-@pytest.mark.asyncio
-async def test_empty_batch_needs_no_redis(redis_url: str, redis_prefix: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(redis_url, decode_responses=False)
-    state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
-    added, batch = await state.ingest([], np.zeros(0), np.zeros((0, 2), np.float32), [])
-    assert added.size == 0 and len(batch) == 0 and batch.vectors.shape == (0, 2)
-    await client.aclose()
+    asyncio.run(scenario())
 
 
-@pytest.mark.asyncio
-async def test_stale_writer_is_refused_and_nothing_is_lost(redis_url: str, redis_prefix: str) -> None:
+def test_stale_writer_is_refused_and_nothing_is_lost(redis_url: str, redis_prefix: str) -> None:
     """Two workers that both believe they own a drive: the older version loses, then merges."""
-    import redis.asyncio as aioredis
 
-    client = aioredis.from_url(redis_url, decode_responses=False)
-    prefix = redis_prefix.rstrip(":")
-    a = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
-    b = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
-    try:
-        await a.ingest(*rows("X", [1]))
-        stale = (await a.read(["X"]))[0]  # A reads version 1 ...
-        await b.ingest(*rows("X", [2]))  # ... B writes version 2 meanwhile
-        stale.days, stale.scored = np.array([1, 3], np.int32), np.zeros(2, np.uint8)
-        stale.vectors = np.array([[1, 101], [3, 103]], np.float32)
-        assert await a.write(["X"], [stale]) == [False]  # A's write at version 1 is refused
-        assert (await a.drive("X")).days == [1, 2]  # B's day survived
+    async def scenario() -> None:
+        import redis.asyncio as aioredis
 
-        added, batch = await a.ingest(*rows("X", [3]))  # the real path re-reads and merges
-        assert added.tolist() == [True] and batch["X"].days == [1, 2, 3]
+        client = aioredis.from_url(redis_url, decode_responses=False)
+        prefix = redis_prefix.rstrip(":")
+        a = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
+        b = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
+        try:
+            await a.ingest(*rows("X", [1]))
+            stale = (await a.read(["X"]))[0]  # A reads version 1 ...
+            await b.ingest(*rows("X", [2]))  # ... B writes version 2 meanwhile
+            stale.days, stale.scored = np.array([1, 3], np.int32), np.zeros(2, np.uint8)
+            stale.vectors = np.array([[1, 101], [3, 103]], np.float32)
+            assert await a.write(["X"], [stale]) == [False]  # A's write at version 1 is refused
+            assert (await a.drive("X")).days == [1, 2]  # B's day survived
 
-        # Many interleaved writers on the same drives: every day of every writer is kept.
-        async def writer(state: WindowState, days: list[int]) -> None:
-            for day in days:
-                await state.ingest(*rows("Y", [day]))
-                await state.ingest(*rows("Z", [day]))
+            added, batch = await a.ingest(*rows("X", [3]))  # the real path re-reads and merges
+            assert added.tolist() == [True] and batch["X"].days == [1, 2, 3]
 
-        await asyncio.gather(writer(a, list(range(0, 20, 2))), writer(b, list(range(1, 20, 2))))
-        assert (await a.drive("Y")).days == list(range(20))
-        assert (await b.drive("Z")).days == list(range(20))
-        for serial in ("Y", "Z"):
-            drive = await a.drive(serial)
-            np.testing.assert_array_equal(drive.vectors[:, 0], np.arange(20, dtype=np.float32))
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+            # Many interleaved writers on the same drives: every day of every writer is kept.
+            async def writer(state: WindowState, days: list[int]) -> None:
+                for day in days:
+                    await state.ingest(*rows("Y", [day]))
+                    await state.ingest(*rows("Z", [day]))
+
+            await asyncio.gather(writer(a, list(range(0, 20, 2))), writer(b, list(range(1, 20, 2))))
+            assert (await a.drive("Y")).days == list(range(20))
+            assert (await b.drive("Z")).days == list(range(20))
+            for serial in ("Y", "Z"):
+                drive = await a.drive(serial)
+                np.testing.assert_array_equal(drive.vectors[:, 0], np.arange(20, dtype=np.float32))
+        finally:
+            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(scenario())
 
 
-@pytest.mark.asyncio
-async def test_one_far_future_day_erases_nothing(redis_url: str, redis_prefix: str) -> None:
+def test_one_far_future_day_erases_nothing(redis_url: str, redis_prefix: str) -> None:
     """Issue #12.1: a lone day years ahead is parked; only a second report near it moves the window."""
-    import redis.asyncio as aioredis
 
-    client = aioredis.from_url(redis_url, decode_responses=False)
-    state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
-    try:
-        await state.ingest(*rows("A", list(range(100, 110))))
-        far = 100_000
-        added, batch = await state.ingest(*rows("A", [far]))
-        assert added.tolist() == [True]
-        # trimmed as any batch would be (relative to day 109), not relative to the outlier
-        assert batch["A"].days == [*range(105, 110), far]
-        _, batch = await state.ingest(*rows("A", [110]))  # normal days keep flowing and trimming
-        assert batch["A"].days == [*range(106, 111), far]
-        for k in range(1, 7):  # more lone outliers: at most PARKED kept, the nearest ones
-            await state.ingest(*rows("A", [far + 1000 * k]))
-        days = (await state.drive("A")).days
-        assert days[:5] == list(range(106, 111)) and len(days) == 5 + 4 and days[5] == far
-        _, batch = await state.ingest(*rows("A", [far + 1]))  # confirmed: the window moves on
-        assert batch["A"].days[:2] == [far, far + 1] and 110 not in batch["A"].days
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+    async def scenario() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(redis_url, decode_responses=False)
+        state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
+        try:
+            await state.ingest(*rows("A", list(range(100, 110))))
+            far = 100_000
+            added, batch = await state.ingest(*rows("A", [far]))
+            assert added.tolist() == [True]
+            # trimmed as any batch would be (relative to day 109), not relative to the outlier
+            assert batch["A"].days == [*range(105, 110), far]
+            _, batch = await state.ingest(*rows("A", [110]))  # normal days keep flowing and trimming
+            assert batch["A"].days == [*range(106, 111), far]
+            for k in range(1, 7):  # more lone outliers: at most PARKED kept, the nearest ones
+                await state.ingest(*rows("A", [far + 1000 * k]))
+            days = (await state.drive("A")).days
+            assert days[:5] == list(range(106, 111)) and len(days) == 5 + 4 and days[5] == far
+            _, batch = await state.ingest(*rows("A", [far + 1]))  # confirmed: the window moves on
+            assert batch["A"].days[:2] == [far, far + 1] and 110 not in batch["A"].days
+        finally:
+            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(scenario())
 
 
-@pytest.mark.asyncio
-async def test_applied_offsets_never_move_past_writes_redis_lost(redis_url: str, redis_prefix: str) -> None:
+def test_applied_offsets_never_move_past_writes_redis_lost(redis_url: str, redis_prefix: str) -> None:
     """Issue #14.1: the offset recorded with the marks goes back only when Redis lost writes; then it says so."""
-    import redis.asyncio as aioredis
 
-    client = aioredis.from_url(redis_url, decode_responses=False)
-    state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
-    try:
-        assert await state.applied_offsets("t", [0, 1]) == {}
-        assert await state.mark({}, {}, {0: 100, 1: 7}, "t") == {}
-        assert await state.applied_offsets("t", [0, 1]) == {0: 100, 1: 7}
-        await client.hset(state.offsets_key("t"), "0", 50)  # Redis came back from an older AOF
-        assert await state.mark({}, {}, {0: 120, 1: 9}, "t") == {0: 50}  # lost: re-read from 51
-        assert await state.applied_offsets("t", [0, 1]) == {0: 50, 1: 9}  # not moved past the lost days
-        assert await state.mark({}, {}, {0: 60}, "t") == {}  # the re-read batches count again
-        assert await state.applied_offsets("t", [0]) == {0: 60}
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+    async def scenario() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(redis_url, decode_responses=False)
+        state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
+        try:
+            assert await state.applied_offsets("t", [0, 1]) == {}
+            assert await state.mark({}, {}, {0: 100, 1: 7}, "t") == {}
+            assert await state.applied_offsets("t", [0, 1]) == {0: 100, 1: 7}
+            await client.hset(state.offsets_key("t"), "0", 50)  # Redis came back from an older AOF
+            assert await state.mark({}, {}, {0: 120, 1: 9}, "t") == {0: 50}  # lost: re-read from 51
+            assert await state.applied_offsets("t", [0, 1]) == {0: 50, 1: 9}  # not moved past the lost days
+            assert await state.mark({}, {}, {0: 60}, "t") == {}  # the re-read batches count again
+            assert await state.applied_offsets("t", [0]) == {0: 60}
+        finally:
+            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(scenario())

@@ -217,3 +217,46 @@ def test_cli_help_lists_commands() -> None:
     for command in ("schemas", "config", "smoke"):
         assert command in result.output
     assert "SMART" in result.output
+
+
+def async_style_violations(source: str) -> list[str]:
+    """What keeps a test module from the suite's one async style (sync tests + ``asyncio.run``)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.AsyncFunctionDef) and node.name.startswith("test"):
+            found.append(f"line {node.lineno}: async def {node.name}")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+            if any(n and n.split(".")[0] == "pytest_asyncio" for n in names):
+                found.append(f"line {node.lineno}: imports pytest_asyncio")
+        elif isinstance(node, ast.Attribute) and node.attr == "asyncio" and ast.unparse(node.value) == "pytest.mark":
+            found.append(f"line {node.lineno}: pytest.mark.asyncio")
+    return found
+
+
+def test_async_style_check_sees_every_form() -> None:
+    source = (
+        "import pytest\nimport pytest_asyncio\nfrom pytest_asyncio import fixture\n"
+        "@pytest.mark.asyncio\nasync def test_a():\n    pass\n"
+        "class TestB:\n    async def test_b(self):\n        pass\n"
+        "async def helper():\n    pass\n"
+    )
+    assert sorted(async_style_violations(source)) == [
+        "line 2: imports pytest_asyncio",
+        "line 3: imports pytest_asyncio",
+        "line 4: pytest.mark.asyncio",
+        "line 5: async def test_a",
+        "line 8: async def test_b",
+    ]
+    assert async_style_violations("import asyncio\ndef test_c():\n    async def scenario():\n        pass\n"
+                                  "    asyncio.run(scenario())\n") == []
+
+
+def test_tests_use_one_async_style() -> None:
+    """Tests are sync functions running their async body with ``asyncio.run``: no pytest-asyncio."""
+    bad = {
+        str(path.relative_to(REPO)): found
+        for path in sorted((REPO / "tests").rglob("*.py"))
+        if (found := async_style_violations(path.read_text()))
+    }
+    assert bad == {}

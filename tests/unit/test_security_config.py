@@ -6,6 +6,7 @@ self-signed CA made with ``openssl`` (or the ``cryptography`` package when insta
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import shutil
@@ -184,17 +185,20 @@ def test_sasl_ssl(ca_file: Path, mechanism: str) -> None:
         "SASL_SSL", mechanism, SASL_SECRET)
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("protocol", ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
-async def test_aiokafka_accepts_the_options(protocol: str, ca_file: Path) -> None:
+def test_aiokafka_accepts_the_options(protocol: str, ca_file: Path) -> None:
     """aiokafka validates security arguments in its constructor (no connection is made)."""
-    from aiokafka.admin import AIOKafkaAdminClient
 
-    settings = make(kafka_bootstrap_servers="broker.invalid:9093", kafka_security_protocol=protocol,
-                    kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="diskwatch",
-                    kafka_sasl_password=SASL_SECRET, kafka_ssl_cafile=ca_file)
-    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
-    assert admin._client._security_protocol == protocol
+    async def scenario() -> None:  # the client wants a running event loop
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        settings = make(kafka_bootstrap_servers="broker.invalid:9093", kafka_security_protocol=protocol,
+                        kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="diskwatch",
+                        kafka_sasl_password=SASL_SECRET, kafka_ssl_cafile=ca_file)
+        admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+        assert admin._client._security_protocol == protocol
+
+    asyncio.run(scenario())
 
 
 def test_unknown_protocol_is_rejected() -> None:
