@@ -361,3 +361,29 @@ def build(kind: str, window: int, n_features: int, **hp: Any) -> keras.Model:
     if kind not in builders:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
     return builders[kind](window, n_features, **hp)
+
+
+# -- seed ensembles ------------------------------------------------------------
+
+
+def average_ensemble(members: list[keras.Model], name: str = "classifier_ensemble") -> keras.Model:
+    """One model whose output is the mean of ``members``' outputs (same input shape).
+
+    With a few dozen failures a single classifier's ranking of healthy drives
+    varies a lot from seed to seed; averaging seeds cuts that variance. The
+    result is one functional model (members nested, weights shared), so it
+    saves to one ``.keras`` file and the scorer calls it like any classifier.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    if len(members) == 1:
+        return members[0]
+    shape = tuple(members[0].inputs[0].shape[1:])
+    if any(tuple(m.inputs[0].shape[1:]) != shape for m in members):
+        raise ValueError("ensemble members disagree on the input shape")
+    x = keras.Input(shape=shape, dtype="float32", name="windows")
+    outputs = [
+        keras.Model(m.inputs, m.outputs[0], name=f"member_{i}")(x) for i, m in enumerate(members)
+    ]
+    mean = keras.layers.Average(name="probability")(outputs)
+    return keras.Model(x, mean, name=name)

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from diskwatch.models.architectures import build
+from diskwatch.models.architectures import average_ensemble, build
 from diskwatch.models.bundle import Thresholds, save_bundle
 from diskwatch.models.features import FeatureSpec
 from diskwatch.models.inference import Scorer, Scores
@@ -60,6 +60,9 @@ class TrainConfig(BaseModel):
     window_features: bool = Field(True, description="Classifier reads change-since-start and the window summary.")
     budget_split: Literal["even", "searched"] = Field(
         "searched", description="Share of the false-alarm budget per detector: half each, or searched on validation."
+    )
+    classifier_seeds: int = Field(
+        1, ge=1, le=16, description="Classifiers trained with different seeds and averaged into one model."
     )
     seed: int = 0
 
@@ -188,13 +191,27 @@ class ModelFitter:
         return _history(history)
 
     def classifier(self) -> Fitted:
-        """The failure classifier on undersampled healthy windows with balanced class weights."""
+        """The failure classifier; with ``classifier_seeds`` > 1 the mean of that many seeds' classifiers."""
+        members = [self._one_classifier(self.config.seed + 1009 * k) for k in range(self.config.classifier_seeds)]
+        if len(members) == 1:
+            return members[0]
+        first = members[0]
+        history = {key: [float(np.mean(v)) for v in zip(*(m.history.get(key, []) for m in members), strict=False)]
+                   for key in first.history}
+        info = first.info | {"seeds": len(members),
+                             "epochs_run": [m.info["epochs_run"] for m in members]}
+        return Fitted(average_ensemble([m.model for m in members]), history, info, first.hp)
+
+    def _one_classifier(self, seed: int) -> Fitted:
+        """One classifier on undersampled healthy windows with balanced class weights."""
         config, store, spec = self.config, self.store, self.splits.spec
+        if seed != config.seed:  # the first member keeps the run's seeding (same as a single classifier)
+            keras.utils.set_random_seed(seed)
         hp = classifier_hp(config, spec)
         model = build(config.arch, *self.shape, **hp)
         train_ds = WindowDataset(
             store, self.splits.train, spec, batch_size=config.batch_size,
-            healthy_per_positive=config.healthy_per_positive, seed=config.seed,
+            healthy_per_positive=config.healthy_per_positive, seed=seed,
         )
         val_ds = WindowDataset(
             store, self.splits.val, spec, batch_size=config.batch_size,

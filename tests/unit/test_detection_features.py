@@ -142,6 +142,9 @@ def test_variant_parsing() -> None:
         Variant.parse("transformer")
     with pytest.raises(ValueError, match="flag"):
         Variant.parse("lstm+magic")
+    assert Variant.parse("mlp+ind+s5").overrides["classifier_seeds"] == 5
+    with pytest.raises(ValueError, match="flag"):
+        Variant.parse("lstm+s0")
 
 
 def test_searched_budget_split_gives_the_budget_to_the_detector_that_detects() -> None:
