@@ -272,6 +272,7 @@ def train(
     classifier_seeds: int = typer.Option(1, help="Classifiers trained with different seeds, averaged in one model."),
     hard_negative_share: float = typer.Option(0.0, help="Share of healthy training windows drawn from those with "
                                               "a non-zero raw 5/187/188/197/198."),
+    focal: bool = typer.Option(False, help="Classifier loss: focal (gamma 2) instead of cross-entropy."),
     cache: Path | None = typer.Option(None, help="Where built windows are cached (default .local/cache/windows)."),
     seed: int = typer.Option(0, help="Seed for sampling, splits and weights."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
@@ -295,7 +296,7 @@ def train(
             rul=rul, xgboost=xgboost, seed=seed, indicators=indicators,
             fill_mode="neutral" if indicators else "mean", window_features=window_features,
             budget_split=budget_split, classifier_seeds=classifier_seeds,
-            hard_negative_share=hard_negative_share,
+            hard_negative_share=hard_negative_share, focal=focal,
         )
     except ValidationError as exc:
         raise UsageError(_option_errors(exc)) from None

@@ -105,10 +105,11 @@ def _stack(x: Any, cell: str, depth: int, width: int, dropout: float, prefix: st
     return x
 
 
-def _compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model:
+def _compile_classifier(model: keras.Model, learning_rate: float, *, focal: bool = False) -> keras.Model:
+    loss = keras.losses.BinaryFocalCrossentropy(gamma=2.0) if focal else keras.losses.BinaryCrossentropy()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
+        loss=loss,
         metrics=[
             keras.metrics.AUC(name="auc"),
             keras.metrics.AUC(curve="PR", name="pr_auc"),
@@ -117,6 +118,11 @@ def _compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model
         ],
     )
     return model
+
+
+def use_focal_loss(model: keras.Model, learning_rate: float) -> keras.Model:
+    """Recompile a built classifier with focal loss (gamma 2): easy healthy windows weigh less."""
+    return _compile_classifier(model, learning_rate, focal=True)
 
 
 def _with_change(inputs: Any, n_values: int) -> Any:

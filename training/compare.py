@@ -12,7 +12,8 @@ rates. A variant is ``KIND[+FLAG...]``:
 * ``wf``: window-derived features inside the model (change since start,
   summary branch); ``hppN``: N healthy windows per positive per epoch;
   ``wN``: width N; ``sN``: mean of N classifiers trained with different seeds; ``hnN``: N % of
-  the healthy windows drawn from those with a non-zero critical raw (hard negatives).
+  the healthy windows drawn from those with a non-zero critical raw (hard negatives);
+  ``focal``: focal loss for the classifier.
 """
 
 from __future__ import annotations
@@ -61,12 +62,14 @@ class Variant:
                 overrides["healthy_per_positive"] = float(flag[3:])
             elif flag.startswith("w") and flag[1:].isdigit():
                 overrides["width"] = int(flag[1:])
+            elif flag == "focal":
+                overrides["focal"] = True
             elif flag.startswith("hn") and flag[2:].isdigit() and int(flag[2:]) <= 100:
                 overrides["hard_negative_share"] = int(flag[2:]) / 100
             elif flag.startswith("s") and flag[1:].isdigit() and int(flag[1:]) >= 1:
                 overrides["classifier_seeds"] = int(flag[1:])
             else:
-                raise ValueError(f"unknown variant flag {flag!r} in {text!r} (ind, wf, hppN, wN, sN, hnN)")
+                raise ValueError(f"unknown variant flag {flag!r} in {text!r} (ind, wf, hppN, wN, sN, hnN, focal)")
         return cls(text.strip(), kind, overrides)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from diskwatch.models.architectures import average_ensemble, build
+from diskwatch.models.architectures import average_ensemble, build, use_focal_loss
 from diskwatch.models.bundle import Thresholds, save_bundle
 from diskwatch.models.features import BACKBLAZE_CRITICAL, FeatureSpec
 from diskwatch.models.inference import Scorer, Scores
@@ -66,6 +66,7 @@ class TrainConfig(BaseModel):
         description="Classifier: share of each epoch's healthy windows drawn from those with a non-zero "
                     "raw 5/187/188/197/198 (the healthy drives it confuses with failing ones).",
     )
+    focal: bool = Field(False, description="Classifier loss: focal (gamma 2) instead of binary cross-entropy.")
     classifier_seeds: int = Field(
         1, ge=1, le=16, description="Classifiers trained with different seeds and averaged into one model."
     )
@@ -221,6 +222,8 @@ class ModelFitter:
             keras.utils.set_random_seed(seed)
         hp = classifier_hp(config, spec)
         model = build(config.arch, *self.shape, **hp)
+        if config.focal:
+            use_focal_loss(model, config.learning_rate)
         hard = self._hard_negatives() if config.hard_negative_share > 0 else None
         train_ds = WindowDataset(
             store, self.splits.train, spec, batch_size=config.batch_size,
@@ -237,7 +240,7 @@ class ModelFitter:
         info = {
             "kind": config.arch, **hp, "class_weight": class_weight,
             "healthy_per_positive": config.healthy_per_positive,
-            "hard_negative_share": config.hard_negative_share,
+            "hard_negative_share": config.hard_negative_share, "focal": config.focal,
             "train_windows_per_epoch": int(train_ds.indices.size),
             "train_positives": int(store.labels[self.splits.train].sum()),
             "epochs_run": len(history.get("loss", [])),

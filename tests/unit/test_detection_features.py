@@ -144,6 +144,7 @@ def test_variant_parsing() -> None:
         Variant.parse("lstm+magic")
     assert Variant.parse("mlp+ind+s5").overrides["classifier_seeds"] == 5
     assert Variant.parse("lstm+hn50").overrides["hard_negative_share"] == 0.5
+    assert Variant.parse("lstm+focal").overrides["focal"] is True
     with pytest.raises(ValueError, match="flag"):
         Variant.parse("lstm+s0")
 

@@ -18,6 +18,7 @@ from diskwatch.models.architectures import (
     build_classifier,
     build_cnn_lstm_classifier,
     build_conv_autoencoder,
+    use_focal_loss,
 )
 
 pytestmark = pytest.mark.filterwarnings(
@@ -181,3 +182,12 @@ def test_seed_ensemble_is_the_mean_of_its_members_and_saves_as_one_file(tmp_path
         average_ensemble([members[0], tiny("lstm", window=WINDOW + 1)])
     with pytest.raises(ValueError, match="at least one"):
         average_ensemble([])
+
+
+def test_focal_loss_recompiles_a_classifier_that_still_trains() -> None:
+    keras.utils.set_random_seed(1)
+    model = use_focal_loss(tiny("lstm"), 1e-3)
+    assert isinstance(model.loss, keras.losses.BinaryFocalCrossentropy)
+    x, y = data("lstm")
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"]) and "pr_auc" in logs
