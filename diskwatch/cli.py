@@ -273,6 +273,8 @@ def train(
     hard_negative_share: float = typer.Option(0.0, help="Share of healthy training windows drawn from those with "
                                               "a non-zero raw 5/187/188/197/198."),
     focal: bool = typer.Option(False, help="Classifier loss: focal (gamma 2) instead of cross-entropy."),
+    classifier_min_lead: int = typer.Option(0, help="Classifier trains without positives closer than this many "
+                                            "days to the failure."),
     cache: Path | None = typer.Option(None, help="Where built windows are cached (default .local/cache/windows)."),
     seed: int = typer.Option(0, help="Seed for sampling, splits and weights."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
@@ -297,6 +299,7 @@ def train(
             fill_mode="neutral" if indicators else "mean", window_features=window_features,
             budget_split=budget_split, classifier_seeds=classifier_seeds,
             hard_negative_share=hard_negative_share, focal=focal,
+            classifier_min_lead=classifier_min_lead,
         )
     except ValidationError as exc:
         raise UsageError(_option_errors(exc)) from None

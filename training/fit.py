@@ -66,6 +66,10 @@ class TrainConfig(BaseModel):
         description="Classifier: share of each epoch's healthy windows drawn from those with a non-zero "
                     "raw 5/187/188/197/198 (the healthy drives it confuses with failing ones).",
     )
+    classifier_min_lead: int = Field(
+        0, ge=0, description="Classifier: leave out positive windows ending fewer than this many days before the "
+                             "failure (a lead-0 alert does not count as a detection).",
+    )
     focal: bool = Field(False, description="Classifier loss: focal (gamma 2) instead of binary cross-entropy.")
     classifier_seeds: int = Field(
         1, ge=1, le=16, description="Classifiers trained with different seeds and averaged into one model."
@@ -212,8 +216,16 @@ class ModelFitter:
     def _hard_negatives(self) -> np.ndarray:
         """Mask of train windows with a non-zero critical raw (computed once per run)."""
         if self._hard is None:
-            self._hard = critical_nonzero(self.store, self.splits.train)
+            self._hard = critical_nonzero(self.store, self._classifier_train())
         return self._hard
+
+    def _classifier_train(self) -> np.ndarray:
+        """Train windows for the classifier: without positives closer than ``classifier_min_lead``."""
+        idx, min_lead = self.splits.train, self.config.classifier_min_lead
+        if min_lead <= 0:
+            return idx
+        dtf = np.nan_to_num(self.store.days_to_failure[idx], nan=np.inf)
+        return idx[~((self.store.labels[idx] == 1) & (dtf < min_lead))]
 
     def _one_classifier(self, seed: int) -> Fitted:
         """One classifier on undersampled healthy windows with balanced class weights."""
@@ -226,7 +238,7 @@ class ModelFitter:
             use_focal_loss(model, config.learning_rate)
         hard = self._hard_negatives() if config.hard_negative_share > 0 else None
         train_ds = WindowDataset(
-            store, self.splits.train, spec, batch_size=config.batch_size,
+            store, self._classifier_train(), spec, batch_size=config.batch_size,
             healthy_per_positive=config.healthy_per_positive, seed=seed,
             hard=hard, hard_share=config.hard_negative_share,
         )
@@ -241,6 +253,7 @@ class ModelFitter:
             "kind": config.arch, **hp, "class_weight": class_weight,
             "healthy_per_positive": config.healthy_per_positive,
             "hard_negative_share": config.hard_negative_share, "focal": config.focal,
+            "min_lead": config.classifier_min_lead,
             "train_windows_per_epoch": int(train_ds.indices.size),
             "train_positives": int(store.labels[self.splits.train].sum()),
             "epochs_run": len(history.get("loss", [])),

@@ -145,6 +145,7 @@ def test_variant_parsing() -> None:
     assert Variant.parse("mlp+ind+s5").overrides["classifier_seeds"] == 5
     assert Variant.parse("lstm+hn50").overrides["hard_negative_share"] == 0.5
     assert Variant.parse("lstm+focal").overrides["focal"] is True
+    assert Variant.parse("mlp+ml1").overrides["classifier_min_lead"] == 1
     with pytest.raises(ValueError, match="flag"):
         Variant.parse("lstm+s0")
 
