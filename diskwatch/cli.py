@@ -269,6 +269,12 @@ def train(
     indicators: bool = typer.Option(True, help="'Reported' columns + neutral fill of attributes a drive lacks."),
     window_features: bool = typer.Option(True, help="Classifier reads change since window start + window summary."),
     budget_split: str = typer.Option("searched", help="False-alarm budget per detector: even | searched."),
+    classifier_seeds: int = typer.Option(1, help="Classifiers trained with different seeds, averaged in one model."),
+    hard_negative_share: float = typer.Option(0.0, help="Share of healthy training windows drawn from those with "
+                                              "a non-zero raw 5/187/188/197/198."),
+    focal: bool = typer.Option(False, help="Classifier loss: focal (gamma 2) instead of cross-entropy."),
+    classifier_min_lead: int = typer.Option(0, help="Classifier trains without positives closer than this many "
+                                            "days to the failure."),
     cache: Path | None = typer.Option(None, help="Where built windows are cached (default .local/cache/windows)."),
     seed: int = typer.Option(0, help="Seed for sampling, splits and weights."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
@@ -291,7 +297,9 @@ def train(
             healthy_per_positive=healthy_per_positive, time_cutoff=_date(time_split, "--time-split"),
             rul=rul, xgboost=xgboost, seed=seed, indicators=indicators,
             fill_mode="neutral" if indicators else "mean", window_features=window_features,
-            budget_split=budget_split,
+            budget_split=budget_split, classifier_seeds=classifier_seeds,
+            hard_negative_share=hard_negative_share, focal=focal,
+            classifier_min_lead=classifier_min_lead,
         )
     except ValidationError as exc:
         raise UsageError(_option_errors(exc)) from None

@@ -105,10 +105,11 @@ def _stack(x: Any, cell: str, depth: int, width: int, dropout: float, prefix: st
     return x
 
 
-def _compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model:
+def _compile_classifier(model: keras.Model, learning_rate: float, *, focal: bool = False) -> keras.Model:
+    loss = keras.losses.BinaryFocalCrossentropy(gamma=2.0) if focal else keras.losses.BinaryCrossentropy()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
+        loss=loss,
         metrics=[
             keras.metrics.AUC(name="auc"),
             keras.metrics.AUC(curve="PR", name="pr_auc"),
@@ -117,6 +118,11 @@ def _compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model
         ],
     )
     return model
+
+
+def use_focal_loss(model: keras.Model, learning_rate: float) -> keras.Model:
+    """Recompile a built classifier with focal loss (gamma 2): easy healthy windows weigh less."""
+    return _compile_classifier(model, learning_rate, focal=True)
 
 
 def _with_change(inputs: Any, n_values: int) -> Any:
@@ -361,3 +367,29 @@ def build(kind: str, window: int, n_features: int, **hp: Any) -> keras.Model:
     if kind not in builders:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
     return builders[kind](window, n_features, **hp)
+
+
+# -- seed ensembles ------------------------------------------------------------
+
+
+def average_ensemble(members: list[keras.Model], name: str = "classifier_ensemble") -> keras.Model:
+    """One model whose output is the mean of ``members``' outputs (same input shape).
+
+    With a few dozen failures a single classifier's ranking of healthy drives
+    varies a lot from seed to seed; averaging seeds cuts that variance. The
+    result is one functional model (members nested, weights shared), so it
+    saves to one ``.keras`` file and the scorer calls it like any classifier.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    if len(members) == 1:
+        return members[0]
+    shape = tuple(members[0].inputs[0].shape[1:])
+    if any(tuple(m.inputs[0].shape[1:]) != shape for m in members):
+        raise ValueError("ensemble members disagree on the input shape")
+    x = keras.Input(shape=shape, dtype="float32", name="windows")
+    outputs = [
+        keras.Model(m.inputs, m.outputs[0], name=f"member_{i}")(x) for i, m in enumerate(members)
+    ]
+    mean = keras.layers.Average(name="probability")(outputs)
+    return keras.Model(x, mean, name=name)

@@ -11,7 +11,10 @@ rates. A variant is ``KIND[+FLAG...]``:
 * ``ind``: "reported" indicator columns and neutral fill of absent attributes;
 * ``wf``: window-derived features inside the model (change since start,
   summary branch); ``hppN``: N healthy windows per positive per epoch;
-  ``wN``: width N.
+  ``wN``: width N; ``sN``: mean of N classifiers trained with different seeds; ``hnN``: N % of
+  the healthy windows drawn from those with a non-zero critical raw (hard negatives);
+  ``focal``: focal loss for the classifier; ``mlN``: no positive windows closer
+  than N days to the failure in the classifier's training.
 """
 
 from __future__ import annotations
@@ -60,8 +63,16 @@ class Variant:
                 overrides["healthy_per_positive"] = float(flag[3:])
             elif flag.startswith("w") and flag[1:].isdigit():
                 overrides["width"] = int(flag[1:])
+            elif flag.startswith("ml") and flag[2:].isdigit():
+                overrides["classifier_min_lead"] = int(flag[2:])
+            elif flag == "focal":
+                overrides["focal"] = True
+            elif flag.startswith("hn") and flag[2:].isdigit() and int(flag[2:]) <= 100:
+                overrides["hard_negative_share"] = int(flag[2:]) / 100
+            elif flag.startswith("s") and flag[1:].isdigit() and int(flag[1:]) >= 1:
+                overrides["classifier_seeds"] = int(flag[1:])
             else:
-                raise ValueError(f"unknown variant flag {flag!r} in {text!r} (ind, wf, hppN, wN)")
+                raise ValueError(f"unknown variant flag {flag!r} in {text!r} (ind, wf, hppN, wN, sN, hnN, focal, mlN)")
         return cls(text.strip(), kind, overrides)
 
 

@@ -47,9 +47,15 @@ class WindowDataset(keras.utils.PyDataset):
         healthy_per_positive: float | None = None,
         shuffle: bool = True,
         seed: int = 0,
+        hard: np.ndarray | None = None,
+        hard_share: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not 0.0 <= hard_share <= 1.0:
+            raise ValueError(f"hard_share must be in [0, 1], got {hard_share}")
+        if hard is not None and np.shape(hard) != np.shape(indices):
+            raise ValueError("hard must be a mask aligned with indices")
         if target not in ("label", "input", "days_to_failure"):
             raise ValueError(f"unknown target {target!r}")
         self.store = store
@@ -60,6 +66,8 @@ class WindowDataset(keras.utils.PyDataset):
         self.healthy_per_positive = healthy_per_positive
         self.shuffle = shuffle
         self._rng = np.random.default_rng(seed)
+        self.hard = None if hard is None else np.asarray(hard, dtype=bool)
+        self.hard_share = float(hard_share)
         self._epoch_indices = self._draw()
 
     def _draw(self) -> np.ndarray:
@@ -69,9 +77,26 @@ class WindowDataset(keras.utils.PyDataset):
             positives = idx[labels == 1]
             healthy = idx[labels == 0]
             n_healthy = min(healthy.size, max(1, math.ceil(positives.size * self.healthy_per_positive)))
-            healthy = self._rng.choice(healthy, size=n_healthy, replace=False) if healthy.size else healthy
+            if self.hard is not None and self.hard_share > 0:
+                healthy = self._draw_with_hard(healthy, self.hard[labels == 0], n_healthy)
+            else:
+                healthy = self._rng.choice(healthy, size=n_healthy, replace=False) if healthy.size else healthy
             idx = np.concatenate([positives, healthy])
         return self._rng.permutation(idx) if self.shuffle else np.sort(idx)
+
+    def _draw_with_hard(self, healthy: np.ndarray, hard: np.ndarray, n: int) -> np.ndarray:
+        """``n`` healthy windows, ``hard_share`` of them (as far as there are) from the ``hard`` ones.
+
+        Healthy drives with old non-zero error counters are what the classifier
+        confuses with failing ones; a uniform draw shows it few of them.
+        """
+        hard_pool, easy_pool = healthy[hard], healthy[~hard]
+        n_hard = min(hard_pool.size, round(n * self.hard_share))
+        n_easy = min(easy_pool.size, n - n_hard)
+        return np.concatenate([
+            self._rng.choice(hard_pool, size=n_hard, replace=False),
+            self._rng.choice(easy_pool, size=n_easy, replace=False),
+        ])
 
     @property
     def indices(self) -> np.ndarray:

@@ -19,9 +19,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
-from diskwatch.models.architectures import build
+from diskwatch.models.architectures import average_ensemble, build, use_focal_loss
 from diskwatch.models.bundle import Thresholds, save_bundle
-from diskwatch.models.features import FeatureSpec
+from diskwatch.models.features import BACKBLAZE_CRITICAL, FeatureSpec
 from diskwatch.models.inference import Scorer, Scores
 from diskwatch.training import baseline
 from diskwatch.training.dataset import WindowDataset, balanced_class_weight
@@ -60,6 +60,19 @@ class TrainConfig(BaseModel):
     window_features: bool = Field(True, description="Classifier reads change-since-start and the window summary.")
     budget_split: Literal["even", "searched"] = Field(
         "searched", description="Share of the false-alarm budget per detector: half each, or searched on validation."
+    )
+    hard_negative_share: float = Field(
+        0.0, ge=0, le=1,
+        description="Classifier: share of each epoch's healthy windows drawn from those with a non-zero "
+                    "raw 5/187/188/197/198 (the healthy drives it confuses with failing ones).",
+    )
+    classifier_min_lead: int = Field(
+        0, ge=0, description="Classifier: leave out positive windows ending fewer than this many days before the "
+                             "failure (a lead-0 alert does not count as a detection).",
+    )
+    focal: bool = Field(False, description="Classifier loss: focal (gamma 2) instead of binary cross-entropy.")
+    classifier_seeds: int = Field(
+        1, ge=1, le=16, description="Classifiers trained with different seeds and averaged into one model."
     )
     seed: int = 0
 
@@ -177,6 +190,7 @@ class ModelFitter:
         self.store, self.splits, self.config = store, splits, config
         self.logdir, self.console = logdir, console
         self.shape = splits.shape(store)
+        self._hard: np.ndarray | None = None
 
     def _fit(self, name: str, model: keras.Model, train_ds: Any, val_ds: Any, *, monitor: str, mode: str,
              **kwargs: Any) -> dict[str, list[float]]:
@@ -188,13 +202,45 @@ class ModelFitter:
         return _history(history)
 
     def classifier(self) -> Fitted:
-        """The failure classifier on undersampled healthy windows with balanced class weights."""
+        """The failure classifier; with ``classifier_seeds`` > 1 the mean of that many seeds' classifiers."""
+        members = [self._one_classifier(self.config.seed + 1009 * k) for k in range(self.config.classifier_seeds)]
+        if len(members) == 1:
+            return members[0]
+        first = members[0]
+        history = {key: [float(np.mean(v)) for v in zip(*(m.history.get(key, []) for m in members), strict=False)]
+                   for key in first.history}
+        info = first.info | {"seeds": len(members),
+                             "epochs_run": [m.info["epochs_run"] for m in members]}
+        return Fitted(average_ensemble([m.model for m in members]), history, info, first.hp)
+
+    def _hard_negatives(self) -> np.ndarray:
+        """Mask of train windows with a non-zero critical raw (computed once per run)."""
+        if self._hard is None:
+            self._hard = critical_nonzero(self.store, self._classifier_train())
+        return self._hard
+
+    def _classifier_train(self) -> np.ndarray:
+        """Train windows for the classifier: without positives closer than ``classifier_min_lead``."""
+        idx, min_lead = self.splits.train, self.config.classifier_min_lead
+        if min_lead <= 0:
+            return idx
+        dtf = np.nan_to_num(self.store.days_to_failure[idx], nan=np.inf)
+        return idx[~((self.store.labels[idx] == 1) & (dtf < min_lead))]
+
+    def _one_classifier(self, seed: int) -> Fitted:
+        """One classifier on undersampled healthy windows with balanced class weights."""
         config, store, spec = self.config, self.store, self.splits.spec
+        if seed != config.seed:  # the first member keeps the run's seeding (same as a single classifier)
+            keras.utils.set_random_seed(seed)
         hp = classifier_hp(config, spec)
         model = build(config.arch, *self.shape, **hp)
+        if config.focal:
+            use_focal_loss(model, config.learning_rate)
+        hard = self._hard_negatives() if config.hard_negative_share > 0 else None
         train_ds = WindowDataset(
-            store, self.splits.train, spec, batch_size=config.batch_size,
-            healthy_per_positive=config.healthy_per_positive, seed=config.seed,
+            store, self._classifier_train(), spec, batch_size=config.batch_size,
+            healthy_per_positive=config.healthy_per_positive, seed=seed,
+            hard=hard, hard_share=config.hard_negative_share,
         )
         val_ds = WindowDataset(
             store, self.splits.val, spec, batch_size=config.batch_size,
@@ -206,6 +252,8 @@ class ModelFitter:
         info = {
             "kind": config.arch, **hp, "class_weight": class_weight,
             "healthy_per_positive": config.healthy_per_positive,
+            "hard_negative_share": config.hard_negative_share, "focal": config.focal,
+            "min_lead": config.classifier_min_lead,
             "train_windows_per_epoch": int(train_ds.indices.size),
             "train_positives": int(store.labels[self.splits.train].sum()),
             "epochs_run": len(history.get("loss", [])),
@@ -252,6 +300,19 @@ class ModelFitter:
         )
         info = {"kind": "rul", "train_windows": int(rul_train.size), "max_days": config.rul_max_days}
         return Fitted(model, history, info), info
+
+
+def critical_nonzero(store: WindowStore, indices: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Per window: does any raw 5/187/188/197/198 exceed 0 on any of its days (the rule's signal)."""
+    names = store.spec.names
+    cols = [names.index(f"smart_{a}_raw") for a in BACKBLAZE_CRITICAL if f"smart_{a}_raw" in names]
+    out = np.zeros(indices.size, dtype=bool)
+    if not cols:
+        return out
+    for i in range(0, indices.size, chunk):
+        x = store.load(indices[i : i + chunk])[:, :, cols]
+        out[i : i + chunk] = (np.nan_to_num(x, nan=0.0) > 0).any(axis=(1, 2))
+    return out
 
 
 def classifier_hp(config: TrainConfig, spec: FeatureSpec) -> dict[str, Any]:

@@ -142,6 +142,12 @@ def test_variant_parsing() -> None:
         Variant.parse("transformer")
     with pytest.raises(ValueError, match="flag"):
         Variant.parse("lstm+magic")
+    assert Variant.parse("mlp+ind+s5").overrides["classifier_seeds"] == 5
+    assert Variant.parse("lstm+hn50").overrides["hard_negative_share"] == 0.5
+    assert Variant.parse("lstm+focal").overrides["focal"] is True
+    assert Variant.parse("mlp+ml1").overrides["classifier_min_lead"] == 1
+    with pytest.raises(ValueError, match="flag"):
+        Variant.parse("lstm+s0")
 
 
 def test_searched_budget_split_gives_the_budget_to_the_detector_that_detects() -> None:
@@ -165,3 +171,28 @@ def test_searched_budget_split_gives_the_budget_to_the_detector_that_detects() -
     assert searched.classifier_share > 0.5
     assert searched.detection >= even.detection
     assert searched.combined_far <= 0.02
+
+
+def test_hard_negative_draw_takes_its_share_from_the_hard_healthy_windows() -> None:
+    from types import SimpleNamespace
+
+    from diskwatch.training.dataset import WindowDataset
+
+    labels = np.zeros(1000, dtype=np.int8)
+    labels[:10] = 1
+    hard = np.zeros(1000, dtype=bool)
+    hard[10:60] = True  # 50 hard healthy windows out of 990
+    store = SimpleNamespace(labels=labels)
+    idx = np.arange(1000)
+    ds = WindowDataset(store, idx, None, healthy_per_positive=20, hard=hard, hard_share=0.5, seed=1)  # type: ignore[arg-type]
+    drawn = ds.indices
+    assert np.sum(labels[drawn] == 1) == 10 and drawn.size == 210 and np.unique(drawn).size == 210
+    assert hard[drawn].sum() == 50  # share 0.5 of 200 = 100 wanted, only 50 exist: all of them
+    ds = WindowDataset(store, idx, None, healthy_per_positive=4, hard=hard, hard_share=0.5, seed=1)  # type: ignore[arg-type]
+    assert hard[ds.indices].sum() == 20 and ds.indices.size == 50
+    uniform = WindowDataset(store, idx, None, healthy_per_positive=4, seed=1)  # type: ignore[arg-type]
+    assert hard[uniform.indices].sum() < 20
+    with pytest.raises(ValueError, match="hard_share"):
+        WindowDataset(store, idx, None, hard=hard, hard_share=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="aligned"):
+        WindowDataset(store, idx, None, hard=hard[:5], hard_share=0.5)  # type: ignore[arg-type]

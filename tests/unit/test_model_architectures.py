@@ -13,10 +13,12 @@ import pytest
 from diskwatch.models.architectures import (
     KIND_ROLES,
     KINDS,
+    average_ensemble,
     build,
     build_classifier,
     build_cnn_lstm_classifier,
     build_conv_autoencoder,
+    use_focal_loss,
 )
 
 pytestmark = pytest.mark.filterwarnings(
@@ -159,3 +161,33 @@ def test_unknown_kind_and_bad_hyperparameters_are_clear_errors() -> None:
         build("ae-conv", 0, N_FEATURES)
     with pytest.raises(TypeError):
         build("ae-conv", WINDOW, N_FEATURES, width=3)  # not a conv-AE hyperparameter
+
+
+def test_seed_ensemble_is_the_mean_of_its_members_and_saves_as_one_file(tmp_path) -> None:
+    members = []
+    for seed in (1, 2, 3):
+        keras.utils.set_random_seed(seed)
+        members.append(tiny("lstm"))
+    x, _ = data("lstm")
+    expected = np.mean([m.predict_on_batch(x) for m in members], axis=0)
+    assert np.ptp([m.predict_on_batch(x)[:, 0] for m in members], axis=0).max() > 0  # members differ
+    ensemble = average_ensemble(members)
+    np.testing.assert_allclose(ensemble.predict_on_batch(x), expected, rtol=0, atol=1e-6)
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.saving.load_model(tmp_path / "ensemble.keras", safe_mode=True, compile=False)
+    assert tuple(loaded.inputs[0].shape) == (None, WINDOW, N_FEATURES)
+    np.testing.assert_allclose(loaded.predict_on_batch(x), expected, rtol=0, atol=1e-6)
+    assert average_ensemble(members[:1]) is members[0]
+    with pytest.raises(ValueError, match="input shape"):
+        average_ensemble([members[0], tiny("lstm", window=WINDOW + 1)])
+    with pytest.raises(ValueError, match="at least one"):
+        average_ensemble([])
+
+
+def test_focal_loss_recompiles_a_classifier_that_still_trains() -> None:
+    keras.utils.set_random_seed(1)
+    model = use_focal_loss(tiny("lstm"), 1e-3)
+    assert isinstance(model.loss, keras.losses.BinaryFocalCrossentropy)
+    x, y = data("lstm")
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"]) and "pr_auc" in logs

@@ -112,6 +112,25 @@ def test_feature_vectors_agree_on_real_rows(backblaze_dir: Path) -> None:
         np.testing.assert_array_equal(vector, matrix[i])
 
 
+def test_train_with_classifier_seeds_saves_one_averaged_classifier(fleet: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    result = CliRunner().invoke(app, [
+        "train", "--data", str(fleet), "--out", str(bundle), "--window", "7", "--horizon", "5",
+        "--epochs", "1", "--width", "8", "--depth", "1", "--batch-size", "64", "--classifier-seeds", "2",
+        "--hard-negative-share", "0.5", "--classifier-min-lead", "1",
+        "--no-rul", "--no-xgboost", "--cache", str(tmp_path / "cache"), "--seed", "1",
+    ])
+    assert result.exit_code == 0, result.output
+    loaded = load_bundle(bundle)
+    assert loaded.manifest.training["models"]["classifier"]["seeds"] == 2
+    assert loaded.manifest.training["config"]["classifier_seeds"] == 2
+    assert loaded.manifest.training["models"]["classifier"]["hard_negative_share"] == 0.5
+    assert loaded.manifest.training["models"]["classifier"]["min_lead"] == 1
+    x = np.zeros((3, 7, loaded.spec.n_inputs), np.float32)
+    probability = loaded.scorer().score(x).probability
+    assert probability.shape == (3,) and np.all((probability >= 0) & (probability <= 1))
+
+
 def test_compare_prints_one_row_per_variant(fleet: Path, tmp_path: Path) -> None:
     out = tmp_path / "compare"
     result = CliRunner().invoke(app, [
