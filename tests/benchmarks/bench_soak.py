@@ -1,7 +1,7 @@
 """Soak benchmark: hold a replay's full rate through 2 workers on 4 partitions and watch them.
 
-Not a CI test: it runs for as long as the fleet takes (the defaults, 60 000 drives x 80 days
-= ~4.5 M records, last over 10 minutes on a 2-core machine at ~7k records/s). Steps:
+Not a CI test: it runs for as long as the fleet takes (the defaults, 100 000 drives x 80 days
+= ~7.5 M records, last over 10 minutes on a 2-core machine at ~12k records/s). Steps:
 
 1. simulate the fleet into a daily-CSV dump and build a default-size bundle (untrained:
    throughput does not depend on the weights);
@@ -19,7 +19,7 @@ days) and window keys in Redis (expected = drives). ``ok`` says whether all of t
 A smoke run: ``--drives 300 --days 20 --min-seconds 0``. Needs the stack (``deploy/local/stack up``;
 ``--brokers 3`` works too, the worker reads ``DISKWATCH_KAFKA_BOOTSTRAP_SERVERS``).
 
-    python tests/benchmarks/bench_soak.py [--drives 60000] [--days 80] [--workers 2] [--partitions 4]
+    python tests/benchmarks/bench_soak.py [--drives 100000] [--days 80] [--workers 2] [--partitions 4]
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--drives", type=int, default=60000)
+    parser.add_argument("--drives", type=int, default=100000)
     parser.add_argument("--days", type=int, default=80)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=4)
