@@ -461,7 +461,7 @@ def redis_client(redis_url: str, redis_prefix: str) -> Iterator[redis.Redis]:  #
 @pytest.fixture
 def async_redis(
     redis_url: str, redis_prefix: str
-) -> Callable[[], AbstractAsyncContextManager[redis.asyncio.Redis]]:  # noqa: F821
+) -> Callable[..., AbstractAsyncContextManager[redis.asyncio.Redis]]:  # noqa: F821
     """Opens a redis.asyncio client on the test DB inside the test's own ``asyncio.run``.
 
     Async clients belong to one event loop, so the test opens one in its async body
@@ -471,8 +471,8 @@ def async_redis(
     import redis.asyncio as aioredis
 
     @asynccontextmanager
-    async def open_client() -> AsyncIterator[aioredis.Redis]:
-        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    async def open_client(*, decode_responses: bool = True) -> AsyncIterator[aioredis.Redis]:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=decode_responses)
         try:
             yield client
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,13 +21,10 @@ def rows(serial: str, days: list[int], model: str = "ST4000DM000") -> tuple[list
     return [serial] * len(days), np.asarray(days), vectors, [model] * len(days)
 
 
-def test_batches_trim_mark_and_expire(redis_url: str, redis_prefix: str) -> None:
+def test_batches_trim_mark_and_expire(async_redis: Any, redis_prefix: str) -> None:
     async def scenario() -> None:
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(redis_url, decode_responses=False)
-        state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
-        try:
+        async with async_redis(decode_responses=False) as client:
+            state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
             # Days 0..9 of drive A arrive shuffled in one batch with B's day 3 and a duplicate of A's day 4.
             a = rows("A", [7, 2, 9, 0, 4, 1, 8, 3, 6, 5, 4])
             b = rows("B", [3], model="")
@@ -53,39 +51,28 @@ def test_batches_trim_mark_and_expire(redis_url: str, redis_prefix: str) -> None
             added, batch = await state.ingest(*rows("A", [6]))
             assert added.tolist() == [True] and batch["A"].days == [6, 8, 9, 12]
             assert "C" not in batch and len(batch) == 1
-        finally:
-            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
 
     asyncio.run(scenario())
 
 
-def test_empty_batch_needs_no_redis(redis_url: str, redis_prefix: str) -> None:
+def test_empty_batch_needs_no_redis(async_redis: Any, redis_prefix: str) -> None:
     async def scenario() -> None:
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(redis_url, decode_responses=False)
-        state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
-        added, batch = await state.ingest([], np.zeros(0), np.zeros((0, 2), np.float32), [])
-        assert added.size == 0 and len(batch) == 0 and batch.vectors.shape == (0, 2)
-        await client.aclose()
+        async with async_redis(decode_responses=False) as client:
+            state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
+            added, batch = await state.ingest([], np.zeros(0), np.zeros((0, 2), np.float32), [])
+            assert added.size == 0 and len(batch) == 0 and batch.vectors.shape == (0, 2)
 
     asyncio.run(scenario())
 
 
-def test_stale_writer_is_refused_and_nothing_is_lost(redis_url: str, redis_prefix: str) -> None:
+def test_stale_writer_is_refused_and_nothing_is_lost(async_redis: Any, redis_prefix: str) -> None:
     """Two workers that both believe they own a drive: the older version loses, then merges."""
 
     async def scenario() -> None:
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(redis_url, decode_responses=False)
-        prefix = redis_prefix.rstrip(":")
-        a = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
-        b = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
-        try:
+        async with async_redis(decode_responses=False) as client:
+            prefix = redis_prefix.rstrip(":")
+            a = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
+            b = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
             await a.ingest(*rows("X", [1]))
             stale = (await a.read(["X"]))[0]  # A reads version 1 ...
             await b.ingest(*rows("X", [2]))  # ... B writes version 2 meanwhile
@@ -109,24 +96,16 @@ def test_stale_writer_is_refused_and_nothing_is_lost(redis_url: str, redis_prefi
             for serial in ("Y", "Z"):
                 drive = await a.drive(serial)
                 np.testing.assert_array_equal(drive.vectors[:, 0], np.arange(20, dtype=np.float32))
-        finally:
-            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
 
     asyncio.run(scenario())
 
 
-def test_one_far_future_day_erases_nothing(redis_url: str, redis_prefix: str) -> None:
+def test_one_far_future_day_erases_nothing(async_redis: Any, redis_prefix: str) -> None:
     """Issue #12.1: a lone day years ahead is parked; only a second report near it moves the window."""
 
     async def scenario() -> None:
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(redis_url, decode_responses=False)
-        state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
-        try:
+        async with async_redis(decode_responses=False) as client:
+            state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
             await state.ingest(*rows("A", list(range(100, 110))))
             far = 100_000
             added, batch = await state.ingest(*rows("A", [far]))
@@ -141,24 +120,16 @@ def test_one_far_future_day_erases_nothing(redis_url: str, redis_prefix: str) ->
             assert days[:5] == list(range(106, 111)) and len(days) == 5 + 4 and days[5] == far
             _, batch = await state.ingest(*rows("A", [far + 1]))  # confirmed: the window moves on
             assert batch["A"].days[:2] == [far, far + 1] and 110 not in batch["A"].days
-        finally:
-            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
 
     asyncio.run(scenario())
 
 
-def test_applied_offsets_never_move_past_writes_redis_lost(redis_url: str, redis_prefix: str) -> None:
+def test_applied_offsets_never_move_past_writes_redis_lost(async_redis: Any, redis_prefix: str) -> None:
     """Issue #14.1: the offset recorded with the marks goes back only when Redis lost writes; then it says so."""
 
     async def scenario() -> None:
-        import redis.asyncio as aioredis
-
-        client = aioredis.from_url(redis_url, decode_responses=False)
-        state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
-        try:
+        async with async_redis(decode_responses=False) as client:
+            state = WindowState(client, SPEC, prefix=redis_prefix.rstrip(":"), keep_days=5, ttl_seconds=300)
             assert await state.applied_offsets("t", [0, 1]) == {}
             assert await state.mark({}, {}, {0: 100, 1: 7}, "t") == {}
             assert await state.applied_offsets("t", [0, 1]) == {0: 100, 1: 7}
@@ -167,10 +138,5 @@ def test_applied_offsets_never_move_past_writes_redis_lost(redis_url: str, redis
             assert await state.applied_offsets("t", [0, 1]) == {0: 50, 1: 9}  # not moved past the lost days
             assert await state.mark({}, {}, {0: 60}, "t") == {}  # the re-read batches count again
             assert await state.applied_offsets("t", [0]) == {0: 60}
-        finally:
-            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=500)]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
 
     asyncio.run(scenario())
