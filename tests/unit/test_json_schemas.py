@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from diskwatch.cli import app
 from diskwatch.core.records import (
+    MAX_SERIAL_LEN,
     MAX_SMART_RAW,
     Alert,
     AlertReason,
@@ -24,6 +25,7 @@ from diskwatch.core.records import (
     SmartValue,
     TelemetryRecord,
     json_schemas,
+    normalize_serial,
 )
 from diskwatch.core.wire import InputLimits, decode_batch, decode_checked
 from diskwatch.models.features import FeatureSpec
@@ -169,9 +171,10 @@ raws = st.one_of(st.none(), st.integers(0, MAX_SMART_RAW), st.floats(0, 1e19, al
 records = st.builds(
     TelemetryRecord,
     date=st.dates(),
-    serial_number=st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1).filter(
-        lambda s: s.strip() != ""
-    ),
+    # what the record accepts as a serial: <= MAX_SERIAL_LEN characters, not empty once normalised
+    serial_number=st.text(
+        st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=MAX_SERIAL_LEN
+    ).filter(lambda s: normalize_serial(s) != ""),
     model=st.text(max_size=10),
     capacity_bytes=st.one_of(st.just(-1), st.integers(0, 10**15)),
     failure=st.sampled_from([None, 0, 1]),

@@ -613,7 +613,7 @@ def test_smart_value_model_rejects_directly() -> None:
 
 serials = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=40
-).filter(lambda s: s.strip() != "")
+).filter(lambda s: normalize_serial(s) != "")
 raws = st.one_of(
     st.none(),
     st.integers(0, MAX_SMART_RAW),
