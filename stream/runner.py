@@ -28,6 +28,8 @@ log = logging.getLogger("diskwatch")
 #: Tries to reach Kafka before a worker gives up (orchestrators restart it; a person sees why).
 CONNECT_ATTEMPTS = 3
 CONNECT_BACKOFF_S = 2.0
+#: ... and when one broker of a cluster is down: until the cluster stops naming it (~10 s).
+PARTIAL_CLUSTER_ATTEMPTS = 15
 #: Kafka error codes of CreateTopics that a user fixes with a setting.
 _TOPIC_ERROR_SETTING = {
     36: None,  # TOPIC_ALREADY_EXISTS: another worker won the race
@@ -86,27 +88,40 @@ async def connect_and_ensure_topics(
     """:func:`ensure_topics`, retried a few times with one log line per failed attempt.
 
     Raises :class:`ServiceUnavailable` naming the setting and the address when Kafka never answers.
+    A cluster that answered but sent the request to a broker that is down (it stays in the
+    metadata until its session expires, ~10 s) is retried longer: a worker restarted during a
+    broker outage must come up on the brokers that are left.
     """
     import asyncio
 
-    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
 
     servers = settings.kafka_bootstrap_servers
-    for attempt in range(1, attempts + 1):
+    unreachable = partial = 0
+    while True:
         try:
             with _quiet_logger("aiokafka"):  # its own 'Unable connect' line would double ours
                 return await ensure_topics(settings)
+        except NodeNotReadyError as exc:
+            partial += 1
+            if partial >= PARTIAL_CLUSTER_ATTEMPTS:
+                raise ServiceUnavailable(
+                    f"Kafka at {servers} (DISKWATCH_KAFKA_BOOTSTRAP_SERVERS) answered, but its brokers kept "
+                    f"refusing requests after {partial} attempts: {exc}"
+                ) from None
+            log.warning("a Kafka broker of %s is not ready (attempt %d/%d, retrying in %.0fs): %s",
+                        servers, partial, PARTIAL_CLUSTER_ATTEMPTS, backoff_s, exc)
         except (KafkaConnectionError, KafkaTimeoutError, OSError) as exc:
+            unreachable += 1
             reason = str(exc) or type(exc).__name__
-            if attempt == attempts:
+            if unreachable >= attempts:
                 raise ServiceUnavailable(
                     f"Kafka is not reachable at {servers} (DISKWATCH_KAFKA_BOOTSTRAP_SERVERS) "
                     f"after {attempts} attempts: {reason}"
                 ) from None
             log.warning("Kafka at %s not reachable (attempt %d/%d, retrying in %.0fs): %s",
-                        servers, attempt, attempts, backoff_s, reason)
-            await asyncio.sleep(backoff_s)
-    raise AssertionError("unreachable")  # pragma: no cover
+                        servers, unreachable, attempts, backoff_s, reason)
+        await asyncio.sleep(backoff_s)
 
 
 @contextlib.contextmanager

@@ -82,6 +82,21 @@ class Cluster:
         finally:
             await admin.close()
 
+    async def _brokers(self) -> list[int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10000)
+        await admin.start()
+        try:
+            return sorted(b["node_id"] for b in (await admin.describe_cluster())["brokers"])
+        finally:
+            await admin.close()
+
+    def brokers(self) -> list[int]:
+        """The brokers the cluster names in its metadata (a dead one until its session expires)."""
+        try:
+            return asyncio.run(self._brokers())
+        except Exception:  # the node asked may be the dead one
+            return []
+
     def leader(self, topic: str, partition: int = 0) -> int:
         return asyncio.run(self.describe(topic))[partition]["leader"]
 
@@ -248,4 +263,34 @@ def test_worker_keeps_consuming_when_the_partition_leader_is_killed(
                  == len(extra), 120, "records sent after the broker rejoined", worker)
         worker.stop()
     finally:
+        cleanup(sync_redis, stream)
+
+
+def test_a_worker_started_while_a_broker_is_down_consumes(
+    kafka_cluster: Cluster, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_bundle: Path,
+    tmp_path: Path,
+) -> None:
+    """A restart during a broker outage (a deploy, a crash loop) must not need all three brokers.
+
+    faust creates its own internal topics at start-up with the configured replication factor:
+    with one of three brokers down that creation is refused, which once made a starting worker
+    exit while running ones rode the outage out.
+    """
+    kafka_cluster.up()
+    records = read_records(last_days_dump(sim_fleet, tmp_path / "dump", 3))
+    serials = sorted({r.serial_number for r in records})
+    stream = Stream(kafka_cluster.bootstrap, redis_url, partitions=4, replication=BROKERS)
+    asyncio.run(stream.create_topics())
+    victim = kafka_cluster.leader(stream.telemetry)
+    try:
+        kafka_cluster.kill(victim)
+        # A real outage: the cluster has fenced the dead broker and names only the other two.
+        wait_for(lambda: len(kafka_cluster.brokers()) == BROKERS - 1, 60, f"broker {victim} to be fenced")
+        worker = start_consuming_worker(stream, sim_bundle)
+        asyncio.run(stream.produce_records(records))
+        check_stream_result(stream, sync_redis, sim_bundle, serials, len(records), worker)
+        assert worker.alive(), "the worker started during the outage must keep running"
+        worker.stop()
+    finally:
+        kafka_cluster.up()
         cleanup(sync_redis, stream)
