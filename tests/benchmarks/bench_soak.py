@@ -20,6 +20,7 @@ A smoke run: ``--drives 300 --days 20 --min-seconds 0``. Needs the stack (``depl
 ``--brokers 3`` works too, the worker reads ``DISKWATCH_KAFKA_BOOTSTRAP_SERVERS``).
 
     python tests/benchmarks/bench_soak.py [--drives 100000] [--days 80] [--workers 2] [--partitions 4]
+        [--dump DIR]  (keep the simulated fleet in DIR for the next run)
 """
 
 from __future__ import annotations
@@ -136,12 +137,24 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     proc.wait(10)
 
 
-def write_dump(drives: int, days: int, root: Path) -> tuple[Path, int, int]:
-    """The simulated fleet as daily CSVs; returns (dir, rows, distinct serials)."""
+def write_dump(drives: int, days: int, root: Path, reuse: Path | None = None) -> tuple[Path, int, int]:
+    """The simulated fleet as daily CSVs; returns (dir, rows, distinct serials).
+
+    With ``reuse`` (``--dump``) the fleet is written there once and kept, and the soak replays
+    its first ``days`` daily files: one large dump serves soaks of any length.
+    """
     from diskwatch.training.synth import FleetConfig, write_fleet
 
     dump = root / "dump"
-    write_fleet(FleetConfig(drives=drives, days=days, start=dt.date(2024, 1, 1), seed=5), dump, progress=False)
+    if reuse is None:
+        write_fleet(FleetConfig(drives=drives, days=days, start=dt.date(2024, 1, 1), seed=5), dump, progress=False)
+    else:
+        if not (reuse / ".complete").exists():
+            write_fleet(FleetConfig(drives=drives, days=days, start=dt.date(2024, 1, 1), seed=5), reuse, progress=False)
+            (reuse / ".complete").touch()
+        dump.mkdir()
+        for path in sorted(reuse.glob("*.csv"))[:days]:
+            (dump / path.name).symlink_to(path.resolve())
     rows, serials = 0, set()
     for path in sorted(dump.glob("*.csv")):
         with path.open() as handle:
@@ -177,7 +190,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dw-soak-") as tmp:
         root = Path(tmp)
         t0 = time.monotonic()
-        dump, rows, drives = write_dump(args.drives, args.days, root)
+        dump, rows, drives = write_dump(args.drives, args.days, root, args.dump)
         bundle = make_bundle(root)
         prepare_s = time.monotonic() - t0
         kafka.create({topic: args.partitions, f"{topic}-alerts": 1, f"{topic}-dlq": 1},
@@ -272,6 +285,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--drives", type=int, default=100000)
     parser.add_argument("--days", type=int, default=80)
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="write the fleet here once and keep it (later runs replay its first --days files)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=512)
