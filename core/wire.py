@@ -12,6 +12,10 @@ One module owns the format, in both directions and at both speeds:
   it (its values are then used) or rejects it with the precise reason. So the
   fast path never rejects anything itself, and a property test checks that it
   accepts nothing the reference path would reject or decode differently.
+  The fast path has two tiers: a typed msgspec decoder (:class:`_Wire`: JSON
+  parsing, types, ranges and SMART ids checked in C, ≈ 4× the speed of
+  orjson + Python checks) and, for any payload it refuses, the orjson checks
+  of :func:`_fast`; its refusals are never verdicts either.
 
 Both paths then apply the same :class:`InputLimits` (record size, date floor,
 future skew): rules that depend on the worker's settings and clock, so they
@@ -25,7 +29,9 @@ import json
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -203,13 +209,14 @@ def decode_batch(
     limits = limits or InputLimits()
     bounds = limits.day_bounds()
     wanted = [(str(attr), _RAW if part == "raw" else _NORMALIZED) for attr, part in columns]
+    ids = [(int(attr), part) for attr, part in wanted]
     out = WireBatch()
     days: list[int] = []
     rows: list[list[int | float | None]] = []
     for i, payload in enumerate(payloads):
         try:
             check_size(payload, limits)
-            fast = _fast(payload, wanted)
+            fast = _quick(payload, wanted, ids)
             if fast is not None:
                 serial, day, model, row = fast
             else:
@@ -229,6 +236,59 @@ def decode_batch(
     out.days = np.asarray(days, dtype=np.int64)
     out.values = np.array(rows, dtype=np.float64).reshape(len(days), len(wanted))
     return out
+
+
+# Typed wire form for msgspec: exactly the records :func:`_fast` accepts, minus what C cannot
+# check (serial text rules, the date's canonical spelling: checked in :func:`_quick`). Raw values
+# are bounded at int64 (msgspec's limit for bounds); larger valid ones take the orjson tier.
+# SMART ids as int keys: msgspec takes only canonical decimal text for them ("5", not "05",
+# "+5", " 5" or "5.0"), exactly the ids _fast accepts; a regex pattern per key would cost more.
+_Attr = Annotated[int, msgspec.Meta(ge=1, le=255)]
+_RawValue = Annotated[int, msgspec.Meta(ge=0, le=min(MAX_SMART_RAW, 2**63 - 1))]
+_NormValue = Annotated[int, msgspec.Meta(ge=0, le=255)]
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    """One wire record as msgspec decodes it (duplicate keys: the last wins, as in ``json``)."""
+
+    date: str
+    serial_number: str
+    model: str | None = ""
+    capacity_bytes: Annotated[int, msgspec.Meta(ge=-1, le=MAX_CAPACITY_BYTES)] | None = None
+    failure: Annotated[int, msgspec.Meta(ge=0, le=1)] | None = None
+    smart: dict[_Attr, tuple[_RawValue | None, _NormValue | None]] = msgspec.field(default_factory=dict)
+    extra: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+_WIRE = msgspec.json.Decoder(_Wire)
+
+
+def _quick(
+    payload: bytes | None, wanted: list[tuple[str, int]], ids: list[tuple[int, int]]
+) -> tuple[str, int, str, list[int | float | None]] | None:
+    """:func:`_fast` with msgspec's typed decoder first (``ids``: ``wanted`` with int ids); None = ask the reference path."""
+    if not payload:
+        return None
+    try:
+        data = _WIRE.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _fast(payload, wanted)
+    serial = data.serial_number
+    day = _DAYS.get(data.date)
+    model = data.model
+    if model is None:
+        model = ""
+    if (
+        day is None
+        or not 0 < len(serial) <= MAX_SERIAL_LEN
+        or not serial.isprintable()
+        or serial != serial.strip()
+        or not (serial.isascii() or unicodedata.is_normalized("NFC", serial))
+        or model != model.strip()
+    ):
+        return None
+    smart = data.smart
+    return serial, day, model, [None if (pair := smart.get(attr)) is None else pair[part] for attr, part in ids]
 
 
 def _part(record: TelemetryRecord, attr: str, part: int) -> int | float | None:

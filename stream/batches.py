@@ -76,6 +76,13 @@ class BatchRunner:
         self.attempts = max(attempts, 1)
         self.backoff_s = backoff_s
 
+    def predecode(self, messages: list[InMessage]) -> None:
+        """Let the current processor decode ``messages`` ahead of :meth:`apply` (an optimisation only)."""
+        try:
+            self._processor().predecode(messages)
+        except Exception as exc:  # apply() decodes them anyway
+            log.debug("early decode not started (%s: %s)", type(exc).__name__, exc)
+
     async def apply(self, messages: list[InMessage]) -> dict[int, int]:
         """Apply every message: stored, dead-lettered, or (after splitting) ``processing_error``.
 

@@ -106,6 +106,8 @@ class TelemetryLoop(Service):
         self._idle.set()
         self._assigned = asyncio.Event()
         self._inflight: asyncio.Task[None] | None = None
+        self._revocations = 0  # bumped by each revocation: a batch taken before one is dropped
+        self._lost: dict[int, int] = {}  # partitions the last batch re-reads (Redis lost writes)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -131,23 +133,70 @@ class TelemetryLoop(Service):
         await self.consumer.start()
         self.progress_at = time.monotonic()
         log.info("consuming %s in group %s", self.settings.topic_telemetry, self.settings.consumer_group)
+        messages: list[InMessage] = []
         while not self.should_stop:
-            try:
-                messages = await self._take()
-            except ConsumerStoppedError:
-                return  # stopping (SIGTERM): on_stop closed the consumer under us
             if not messages:
-                continue
+                try:
+                    messages = await self._take()
+                except ConsumerStoppedError:
+                    return  # stopping (SIGTERM): on_stop closed the consumer under us
+                if not messages:
+                    continue
+            # Busy from here until no taken message is left unapplied: a revocation waits for that.
+            self._idle.clear()
+            revocations = self._revocations
             self._inflight = asyncio.ensure_future(self._apply(messages))
+            # Overlap: take the next batch and start decoding it while this one waits on Redis and
+            # the broker. It is applied only after this one is committed, and given back if that
+            # failed, if a revocation is waiting, or (its partitions) if they are to be re-read.
+            ahead = asyncio.ensure_future(self._take_ahead())
             try:
                 await asyncio.shield(self._inflight)
+                messages = self._next(await ahead, revocations)
             except asyncio.CancelledError:
                 self._inflight.cancel()  # SIGTERM: abandon, never commit
+                ahead.cancel()
+                self._idle.set()
                 raise
+            except ConsumerStoppedError:
+                self._idle.set()
+                return  # stopping (SIGTERM) while the next batch was taken
             except Exception:  # not committed: read again from its first offsets
                 log.exception("batch of %d failed unexpectedly; reading it again", len(messages))
+                with contextlib.suppress(Exception):  # partitions only in the next batch: from its start
+                    self._unread(await ahead)
                 self._unread(messages)
+                messages = []
+                self._idle.set()
                 await self.sleep(1.0)
+                continue
+            if not messages:
+                self._idle.set()
+
+    async def _take_ahead(self) -> list[InMessage]:
+        messages = await self._take()
+        if messages:
+            self.runner.predecode(messages)
+        return messages
+
+    def _next(self, ahead: list[InMessage], revocations: int) -> list[InMessage]:
+        """The batch taken while the last one was applied, as far as it may be applied now.
+
+        A revocation waiting (it waits for ``_idle``, so the old assignment still stands): give the
+        batch back (its next owner, or this worker after the rebalance, reads it from the commit).
+        A rebalance that went through anyway (the revocation gave up waiting): positions restarted
+        at the committed offsets, so the batch is simply dropped. Messages of partitions the last
+        batch sent back to re-read (Redis lost writes) are dropped: those partitions were sought
+        back before them.
+        """
+        if self._revocations != revocations:
+            return []
+        if not self._assigned.is_set():
+            self._unread(ahead)
+            return []
+        if self._lost:
+            return [m for m in ahead if m.partition not in self._lost]
+        return ahead
 
     async def on_stop(self) -> None:
         if self._inflight is not None and not self._inflight.done():
@@ -199,19 +248,17 @@ class TelemetryLoop(Service):
                 self.consumer.seek(tp, offset)
 
     async def _apply(self, messages: list[InMessage]) -> None:
-        self._idle.clear()
-        try:
-            started = time.perf_counter()
-            lost = await self.runner.apply(messages)
-            await self._commit([m for m in messages if m.partition not in lost])
-            self._reread(lost)
-            metrics.BATCH_SIZE.observe(len(messages))
-            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-            self.batches += 1
-            self.last_batch_at = time.time()
-            self.progress_at = time.monotonic()
-        finally:
-            self._idle.set()
+        """Apply and commit one batch (the loop holds ``_idle`` clear meanwhile)."""
+        started = time.perf_counter()
+        lost = await self.runner.apply(messages)
+        self._lost = lost
+        await self._commit([m for m in messages if m.partition not in lost])
+        self._reread(lost)
+        metrics.BATCH_SIZE.observe(len(messages))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.batches += 1
+        self.last_batch_at = time.time()
+        self.progress_at = time.monotonic()
 
     def _reread(self, lost: dict[int, int]) -> None:
         """Redis lost acknowledged days (a crash, AOF ``everysec``): consume them again."""
@@ -247,6 +294,7 @@ class TelemetryLoop(Service):
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Let the batch in flight finish (and commit) before giving its partitions up."""
         self._assigned.clear()
+        self._revocations += 1
         metrics.REBALANCES.inc()
         if not self._idle.is_set():
             log.info("revocation of %d partitions: finishing the batch in flight first", len(revoked))

@@ -104,6 +104,8 @@ class BatchProcessor:
         self.scorer = bundle.scorer(max_batch=max_batch) if score else None
         # Dropped with the processor (a hot-swapped bundle's batch in flight keeps it alive).
         self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskwatch-batch")
+        # A batch whose decode started early (see predecode), and that decode.
+        self._ahead: tuple[list[InMessage], asyncio.Future[tuple[PendingBatch, WireBatch, np.ndarray]]] | None = None
 
     def warmup(self) -> None:
         if self.scorer is not None:
@@ -112,10 +114,19 @@ class BatchProcessor:
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
+    def predecode(self, messages: list[InMessage]) -> None:
+        """Start decoding the next batch on the CPU thread now, while the one before waits on Redis
+        and the broker; :meth:`prepare` of this very list uses it (any other list decodes afresh)."""
+        future = asyncio.get_running_loop().run_in_executor(self._cpu, self._decode_fresh, messages)
+        future.add_done_callback(_retrieved)  # a failure is raised by prepare(), or by nobody
+        self._ahead = (messages, future)
+
     async def prepare(self, messages: list[InMessage]) -> PendingBatch:
-        pending = PendingBatch()
-        _note_offsets(messages, pending)
-        batch, vectors = await self._off_loop(self._decode, messages, pending)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] is messages:
+            pending, batch, vectors = await ahead[1]
+        else:
+            pending, batch, vectors = await self._off_loop(self._decode_fresh, messages)
         pending.records = len(batch.serials)
         if not batch.serials:
             _count_in(messages, pending)
@@ -127,6 +138,13 @@ class BatchProcessor:
         await self._off_loop(self._score, pending, batch, state)
         _count_in(messages, pending)
         return pending
+
+    def _decode_fresh(self, messages: list[InMessage]) -> tuple[PendingBatch, WireBatch, np.ndarray]:
+        """A new PendingBatch for ``messages``, their offsets noted and decoded (CPU thread)."""
+        pending = PendingBatch()
+        _note_offsets(messages, pending)
+        batch, vectors = self._decode(messages, pending)
+        return pending, batch, vectors
 
     def _decode(self, messages: list[InMessage], pending: PendingBatch) -> tuple[WireBatch, np.ndarray]:
         """Validate and transform; invalid messages become dead letters."""
@@ -284,6 +302,12 @@ def _unit(value: Any) -> float:
 def _finite(value: Any) -> float:
     v = float(value)
     return max(v, 0.0) if np.isfinite(v) else 0.0
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark an early decode's outcome as seen (the batch may be dropped, e.g. by a rebalance)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _note_offsets(messages: list[InMessage], pending: PendingBatch) -> None:

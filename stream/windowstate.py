@@ -91,6 +91,7 @@ return out
 
 HEADER = struct.Struct("<QHHbB")
 _CAS_ITEM = struct.Struct("<QI")
+_CAS_HEADER = struct.Struct("<QIQHHbB")  # a CAS item's prefix and the value's header, packed at once
 PARKED = 4
 
 
@@ -277,7 +278,9 @@ class WindowState:
         """Every serial's value in one MGET (one pipeline per node on a cluster)."""
         if not serials:
             return []
-        keys = [self.key(s).encode() for s in serials]  # bytes: redis-py passes them through
+        return await self._mget([self.key(s).encode() for s in serials])  # bytes: redis-py passes them through
+
+    async def _mget(self, keys: list[bytes]) -> list[bytes | None]:
         return list(await (self.redis.mget_nonatomic(keys) if self._cluster else self.redis.mget(keys)))
 
     async def read(self, serials: Sequence[str]) -> list[Packed]:
@@ -302,6 +305,11 @@ class WindowState:
         """One CAS script call: each encoded value is written only if the stored version is ``expected``."""
         keys = [self.key(s).encode() for s in serials]  # bytes: redis-py passes them through
         parts = [_CAS_ITEM.pack(e, len(b)) + b for e, b in zip(expected, blobs, strict=True)]
+        return await self._cas_write(keys, parts, applied, topic)
+
+    async def _cas_write(self, keys: list[bytes], parts: list[bytes], applied: dict[int, int] | None = None,
+                         topic: str | None = None) -> list[bool]:
+        """The script call of :meth:`write_raw`; ``parts``: (expected u64, length u32, value) per key."""
         seen = self.last_applied
         marks = [x for p, o in sorted((applied or {}).items()) for x in (p, o, seen.get((topic, p), -1))] if topic else []
         if self._cluster:
@@ -346,16 +354,17 @@ class WindowState:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(n, self.n_features)
         unique, row_drive = np.unique(np.asarray(serials, dtype=object), return_inverse=True)
         drive_serials = [str(s) for s in unique]
+        all_keys = [self.key(s).encode() for s in drive_serials]  # once: the read and the write use them
         latest_model = _latest_models(row_drive, models, len(drive_serials))
         added = np.zeros(n, dtype=bool)
         parts: list[_Rows] = []
         todo = np.arange(len(drive_serials))
         while todo.size:
-            names = [drive_serials[i] for i in todo]
-            stored = _unpack(await self.read_raw(names), self.n_features)
+            keys = [all_keys[i] for i in todo.tolist()]
+            stored = _unpack(await self._mget(keys), self.n_features)
             rows = np.flatnonzero(np.isin(row_drive, todo)) if parts else np.arange(n)
-            merged, kept, blobs = self._merge(todo, stored, row_drive[rows], days[rows], vectors[rows], latest_model)
-            done = np.asarray(await self.write_raw(names, stored.versions, blobs), dtype=bool)
+            merged, kept, items = self._merge(todo, stored, row_drive[rows], days[rows], vectors[rows], latest_model)
+            done = np.asarray(await self._cas_write(keys, items), dtype=bool)
             ok = np.isin(merged.owner, todo[done])
             added[rows[kept & np.isin(row_drive[rows], todo[done])]] = True
             parts.append(_select(merged, ok, done))
@@ -363,8 +372,8 @@ class WindowState:
         return added, _assemble(drive_serials, parts, self.n_features)
 
     def _merge(self, drives: np.ndarray, stored: _Stored, owner: np.ndarray, days: np.ndarray,
-               vectors: np.ndarray, latest_model: list[str]) -> tuple[_Rows, np.ndarray, list[bytes]]:
-        """Stored rows + batch rows → sorted, deduplicated (stored wins), trimmed, encoded; vectorised."""
+               vectors: np.ndarray, latest_model: list[bytes]) -> tuple[_Rows, np.ndarray, list[bytes]]:
+        """Stored rows + batch rows → sorted, deduplicated (stored wins), trimmed, encoded as CAS items."""
         old_owner = np.repeat(drives, stored.lens)
         m = owner.size
         all_owner = np.r_[old_owner, owner]
@@ -388,18 +397,21 @@ class WindowState:
         day_bytes, mark_bytes = sd.astype("<i4").tobytes(), scored.tobytes()
         features = self.n_features
         vec_bytes, width = vec.astype("<f4").tobytes(), 4 * features
-        blobs: list[bytes] = []
-        models: list[str] = []
+        row_size, pack, join = 5 + width, _CAS_HEADER.pack, b"".join
+        items: list[bytes] = []
+        chosen: list[bytes] = []
+        versions, levels, stored_models = stored.versions, stored.severity, stored.models
         for j, drive in enumerate(drives.tolist()):
-            model = latest_model[drive].encode()[:255] or stored.models[j]
+            model = latest_model[drive] or stored_models[j]
             a, b = lo[j], hi[j]
-            blobs.append(b"".join((
-                HEADER.pack(stored.versions[j] + 1, b - a, features, stored.severity[j], len(model)),
+            size = HEADER.size + len(model) + row_size * (b - a)
+            items.append(join((
+                pack(versions[j], size, versions[j] + 1, b - a, features, levels[j], len(model)),
                 model, day_bytes[4 * a:4 * b], mark_bytes[a:b], vec_bytes[width * a:width * b],
             )))
-            models.append(model.decode("utf-8", "replace"))
+            chosen.append(model)
         severity = np.asarray(stored.severity, np.int64)
-        return _Rows(so, sd, vec, scored.astype(bool), drives, severity, models), kept, blobs
+        return _Rows(so, sd, vec, scored.astype(bool), drives, severity, _model_texts(chosen)), kept, items
 
     def _trim(self, owner: np.ndarray, days: np.ndarray, from_batch: np.ndarray) -> np.ndarray:
         """Rows to keep (rows sorted by owner, then day): see the module docstring."""
@@ -551,13 +563,20 @@ def _unpack(blobs: Sequence[bytes | None], n_features: int) -> _Stored:
     )
 
 
-def _latest_models(row_drive: np.ndarray, models: Sequence[str], drives: int) -> list[str]:
-    """Per drive, the model string of its last row in the batch that names one."""
-    out = [""] * drives
+def _latest_models(row_drive: np.ndarray, models: Sequence[str], drives: int) -> list[bytes]:
+    """Per drive, the model string (UTF-8, at most 255 bytes) of its last row in the batch that names one."""
+    latest = [""] * drives
     for d, model in zip(row_drive.tolist(), models, strict=True):
         if model:
-            out[d] = model
-    return out
+            latest[d] = model
+    encoded = {m: m.encode()[:255] for m in set(latest)}  # a fleet has few models: encode each once
+    return [encoded[m] for m in latest]
+
+
+def _model_texts(models: list[bytes]) -> list[str]:
+    """Stored model bytes → text (a truncated multi-byte character is replaced), each distinct one once."""
+    texts = {m: m.decode("utf-8", "replace") for m in set(models)}
+    return [texts[m] for m in models]
 
 
 def _select(rows: _Rows, ok: np.ndarray, done: np.ndarray) -> _Rows:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import http.client
 import json
 import os
 import re
@@ -175,7 +176,7 @@ def faust_noop(env: dict[str, str], n: int, timeout: float = 600) -> dict[str, f
 def metric(port: int, name: str) -> float:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet, or (a busy machine) the port is someone else's
         return -1.0
     match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 async def run(bundle_path: Path, redis_url: str, records: list[TelemetryRecord], batch: int,
-              messages: list[InMessage] | None = None) -> tuple[list, list, dict]:
+              messages: list[InMessage] | None = None, ahead: bool = False) -> tuple[list, list, dict]:
     bundle = load_bundle(bundle_path)
     client = aioredis.from_url(redis_url)
     prefix = f"test:proc:{uuid.uuid4().hex[:8]}"
@@ -34,8 +34,11 @@ async def run(bundle_path: Path, redis_url: str, records: list[TelemetryRecord],
     alerts, letters = [], []
     counts = {"scored": 0, "duplicates": 0}
     try:
-        for i in range(0, len(msgs), batch):
-            pending = await processor.prepare(msgs[i : i + batch])
+        batches = [msgs[i : i + batch] for i in range(0, len(msgs), batch)]
+        for i, messages_i in enumerate(batches):
+            pending = await processor.prepare(messages_i)
+            if ahead and i + 1 < len(batches):  # as the consumer loop does: the next decodes meanwhile
+                processor.predecode(batches[i + 1])
             await processor.commit(pending)
             alerts.extend(pending.alerts)
             letters.extend(pending.dead_letters)
@@ -67,6 +70,20 @@ def test_batch_size_does_not_change_alerts(records: list[TelemetryRecord], sim_b
     assert c1["scored"] == c2["scored"] > 0
     assert summary(small) == summary(large)
     assert small, "the simulated fleet should raise some alerts"
+
+
+def test_decoding_the_next_batch_early_changes_nothing(
+    records: list[TelemetryRecord], sim_bundle: Path, redis_url: str
+) -> None:
+    bad = [InMessage(b"{not json", b"k", "t", 0, 10_000), InMessage(None, b"k", "t", 0, 10_001)]
+    msgs = [InMessage(r.to_json(), r.serial_number.encode(), "t", 0, i) for i, r in enumerate(records)]
+    msgs = msgs[:300] + bad + msgs[300:]
+    plain, plain_letters, c1 = asyncio.run(run(sim_bundle, redis_url, records, 97, messages=msgs))
+    early, early_letters, c2 = asyncio.run(run(sim_bundle, redis_url, records, 97, messages=msgs, ahead=True))
+    assert c1 == c2 and c1["scored"] > 0
+    assert summary(plain) == summary(early) and plain
+    assert [(d.reason_code, d.source_offset) for d in plain_letters] == [(d.reason_code, d.source_offset) for d in early_letters]
+    assert [d.source_offset for d in early_letters] == [10_000, 10_001]
 
 
 def test_shuffled_within_batches_and_duplicates_change_nothing(

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diskwatch.core.records import InvalidRecord, TelemetryRecord, day_number
-from diskwatch.core.wire import InputLimits, decode_batch, decode_checked, encode
+from diskwatch.core.wire import _WIRE, InputLimits, _fast, _quick, decode_batch, decode_checked, encode
 from diskwatch.models.features import FeatureSpec
 from tests.unit.test_records import FAST, REJECTIONS, recordish, records, wire
 
@@ -129,3 +129,41 @@ def test_limits_from_settings() -> None:
 def test_empty_batch() -> None:
     batch = decode_batch([], COLUMNS)
     assert batch.values.shape == (0, len(COLUMNS)) and batch.days.shape == (0,)
+
+
+# The fast path's two tiers (msgspec's typed decoder, then orjson + Python checks) agree on
+# every payload: the typed tier accepts nothing the orjson tier would refuse or read differently.
+def assert_tiers_agree(payloads: list[bytes | None]) -> None:
+    wanted = [(str(a), 0 if p == "raw" else 1) for a, p in COLUMNS]
+    ids = [(int(a), p) for a, p in wanted]
+    for payload in payloads:
+        quick, fast = _quick(payload, wanted, ids), _fast(payload, wanted)
+        assert quick == fast, payload
+
+
+@FAST
+@given(st.lists(plausible, max_size=5))
+def test_typed_tier_agrees_on_valid_records(batch: list[TelemetryRecord]) -> None:
+    assert_tiers_agree([encode(r) for r in batch])
+
+
+@FAST
+@given(st.lists(st.one_of(recordish.map(lambda v: json.dumps(v).encode()),
+                          odd_serials.map(lambda s: json.dumps(wire(serial_number=s)).encode()),
+                          st.binary(max_size=60)), max_size=5))
+def test_typed_tier_agrees_on_odd_input(payloads: list[bytes]) -> None:
+    assert_tiers_agree(payloads)
+
+
+def test_typed_tier_hands_what_it_cannot_bound_to_the_orjson_tier() -> None:
+    huge = json.dumps({**wire(), "smart": {"5": [2**63, 100], "9": [1, 2]}}).encode()  # above int64, valid
+    over = json.dumps({**wire(), "smart": {"5": [2**64, 100]}}).encode()  # above the model's limit
+    keys = [json.dumps({**wire(), "smart": {k: [1, 2]}}).encode() for k in ("05", "+5", " 5", "5.0", "256", "0")]
+    controls = [json.dumps(wire()).encode().replace(b'"date"', b'\x0c"date"'), b'{"date":"2013-04-10","serial_number":"A\\u0000"}']
+    payloads = [huge, over, *keys, *controls]
+    assert_tiers_agree(payloads)
+    assert_same_verdicts(payloads)
+    batch = decode_batch(payloads, COLUMNS, LIMITS)
+    assert batch.index == [0] and batch.values[0][COLUMNS.index((5, "raw"))] == float(2**63)
+    typed = _WIRE.decode(json.dumps(wire()).encode())  # the plain wire form takes the typed tier
+    assert typed.smart and all(type(k) is int for k in typed.smart)
