@@ -222,10 +222,13 @@ def _store_for(
     one store, else build (cached)."""
     import hashlib
 
-    from diskwatch.core.errors import UsageError
+    from diskwatch.core.errors import DataNotFound, UsageError
     from diskwatch.training.windowstore import build_store
 
     paths = [data] if isinstance(data, Path) else list(data)
+    for path in paths:  # before reading the first dump for minutes
+        if not path.exists():
+            raise DataNotFound(f"no such file or directory: {path}")
     if any(_is_store(p) for p in paths):
         if len(paths) > 1:
             raise UsageError("a window store cannot be combined with other --data inputs: pass the dumps")

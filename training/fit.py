@@ -350,6 +350,7 @@ def _training_record(
     cutoff = config.time_cutoff
     return {
         "data": store.manifest.get("data"),
+        "extra_data": store.manifest.get("extra_data") or [],
         "date_from": store.manifest.get("date_from"),
         "date_to": store.manifest.get("date_to"),
         "time_cutoff": cutoff.isoformat() if cutoff else None,

@@ -259,3 +259,19 @@ def test_variant_flags_of_the_third_round() -> None:
     assert (v.overrides["depth"], v.overrides["dropout"], v.overrides["learning_rate"]) == (1, 0.3, 0.002)
     with pytest.raises(ValueError, match="flag"):
         Variant.parse("lstm+lrx")
+
+
+def test_tuner_trials_are_train_configs_over_the_searched_space() -> None:
+    kt = pytest.importorskip("keras_tuner")
+    from diskwatch.training.fit import TrainConfig
+    from diskwatch.training.tune import CELLS, HEALTHY_PER_POSITIVE, trial_config
+
+    hp = kt.HyperParameters()
+    hp.values.update({"arch": "gru", "width": 128, "depth": 1, "dropout": 0.3, "learning_rate": 0.002,
+                      "healthy_per_positive": 40.0})
+    base = TrainConfig(focal=True)
+    config = trial_config(base, hp)
+    assert (config.arch, config.width, config.depth, config.dropout) == ("gru", 128, 1, 0.3)
+    assert (config.learning_rate, config.healthy_per_positive) == (0.002, 40.0)
+    assert config.focal and config.window_features and config.indicators  # the rest of the run's config stays
+    assert set(CELLS) == {"lstm", "gru"} and 20.0 in HEALTHY_PER_POSITIVE
