@@ -216,28 +216,40 @@ def synth(
 
 
 def _store_for(
-    data: Path, window: WindowArgs, cache: Path | None, seed: int, healthy_fraction: float
+    data: Path | list[Path], window: WindowArgs, cache: Path | None, seed: int, healthy_fraction: float
 ) -> Path:
-    """A window store for ``data``: reuse ``data`` if it is one, else build (cached)."""
+    """A window store for ``data`` (one dump, or a primary dump and extra ones): reuse ``data`` if it is
+    one store, else build (cached)."""
     import hashlib
 
+    from diskwatch.core.errors import DataNotFound, UsageError
     from diskwatch.training.windowstore import build_store
 
-    if (data / "manifest.json").exists() and (data / "serials.parquet").exists():
-        return data
-    key = hashlib.sha256(
-        json.dumps(
-            [str(data.resolve()), window.model_dump(mode="json"), seed, healthy_fraction, _tree_stamp(data)]
-        ).encode()
-    ).hexdigest()[:16]
+    paths = [data] if isinstance(data, Path) else list(data)
+    for path in paths:  # before reading the first dump for minutes
+        if not path.exists():
+            raise DataNotFound(f"no such file or directory: {path}")
+    if any(_is_store(p) for p in paths):
+        if len(paths) > 1:
+            raise UsageError("a window store cannot be combined with other --data inputs: pass the dumps")
+        return paths[0]
+    ident: list[Any] = [str(paths[0].resolve()), window.model_dump(mode="json"), seed, healthy_fraction,
+                        _tree_stamp(paths[0])]
+    for extra in paths[1:]:  # one dump keeps the key it always had (existing caches stay valid)
+        ident += [str(extra.resolve()), _tree_stamp(extra)]
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
     root = cache or Path(".local/cache/windows")
     store = root / key
     if (store / "manifest.json").exists():
         console.print(f"reusing cached windows {store}")
         return store
     with _day_progress("windows") as advance:
-        build_store(data, store, config=window, healthy_fraction=healthy_fraction, seed=seed, on_day=advance)
+        build_store(paths, store, config=window, healthy_fraction=healthy_fraction, seed=seed, on_day=advance)
     return store
+
+
+def _is_store(path: Path) -> bool:
+    return (path / "manifest.json").exists() and (path / "serials.parquet").exists()
 
 
 def _tree_stamp(path: Path) -> list[tuple[str, int, int]]:
@@ -247,7 +259,8 @@ def _tree_stamp(path: Path) -> list[tuple[str, int, int]]:
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="Backblaze dump (CSV folder, zip, folder of zips) or a window store."),
+    data: list[Path] = typer.Option(..., "--data", help="Backblaze dump (CSV folder, zip, folder of zips) or a window store; repeat for extra dumps "
+                                  "(the first one is split into train/val/test, drives only in the others train)."),
     out: Path = typer.Option(..., "--out", help="Model bundle directory to write."),
     window: int = typer.Option(WINDOW_DAYS, help="S: days per window."),
     horizon: int = typer.Option(HORIZON_DAYS, help="L: predict failure within L days."),
@@ -268,6 +281,7 @@ def train(
     xgboost: bool = typer.Option(True, help="Train the XGBoost baseline when xgboost is installed."),
     indicators: bool = typer.Option(True, help="'Reported' columns + neutral fill of attributes a drive lacks."),
     window_features: bool = typer.Option(True, help="Classifier reads change since window start + window summary."),
+    scaling: str = typer.Option("minmax", help="Feature scaling: minmax | quantile (per-feature training quantiles)."),
     budget_split: str = typer.Option("searched", help="False-alarm budget per detector: even | searched."),
     classifier_seeds: int = typer.Option(1, help="Classifiers trained with different seeds, averaged in one model."),
     hard_negative_share: float = typer.Option(0.0, help="Share of healthy training windows drawn from those with "
@@ -296,7 +310,7 @@ def train(
             batch_size=batch_size, target_far=target_far, operating=operating,
             healthy_per_positive=healthy_per_positive, time_cutoff=_date(time_split, "--time-split"),
             rul=rul, xgboost=xgboost, seed=seed, indicators=indicators,
-            fill_mode="neutral" if indicators else "mean", window_features=window_features,
+            fill_mode="neutral" if indicators else "mean", window_features=window_features, scaling=scaling,
             budget_split=budget_split, classifier_seeds=classifier_seeds,
             hard_negative_share=hard_negative_share, focal=focal,
             classifier_min_lead=classifier_min_lead,
@@ -304,7 +318,7 @@ def train(
     except ValidationError as exc:
         raise UsageError(_option_errors(exc)) from None
     store = WindowStore(_store_for(data, config, cache, seed, healthy_fraction))
-    if store.config != config and (data / "manifest.json").exists():
+    if store.config != config and _is_store(data[0]):
         console.print(f"[yellow]using the store's window config {store.config.model_dump()}[/]")
     result = fit(store, out, train_config, console=console, overwrite=force)
     console.print(f"[bold green]bundle written[/]: {result.bundle}")
@@ -340,7 +354,8 @@ def evaluate(
 
 @app.command()
 def compare(
-    data: Path = typer.Option(..., "--data", help="Backblaze dump or window store."),
+    data: list[Path] = typer.Option(..., "--data", help="Backblaze dump (CSV folder, zip, folder of zips) or a window store; repeat for extra dumps "
+                                  "(the first one is split into train/val/test, drives only in the others train)."),
     time_split: str = typer.Option(..., "--time-split", help="Train before this day, test from it."),
     variants: str = typer.Option(
         "lstm,lstm+ind,lstm+ind+wf,gru+ind+wf,rnn+ind+wf,cnn-lstm+ind+wf,mlp+ind,ae-lstm+ind,ae-conv+ind,"
@@ -376,27 +391,31 @@ def compare(
 
 @app.command()
 def tune(
-    data: Path = typer.Option(..., "--data", help="Backblaze dump or window store."),
+    data: list[Path] = typer.Option(..., "--data", help="Backblaze dump (CSV folder, zip, folder of zips) or a window store; repeat for extra dumps "
+                                  "(the first one is split into train/val/test, drives only in the others train)."),
     out: Path = typer.Option(Path("runs/tune"), "--out", help="Folder for the search state and results.json."),
-    arch: str = typer.Option("lstm", help="Classifier: lstm | gru | rnn | cnn-lstm."),
+    time_split: str | None = typer.Option(None, "--time-split", help="Train before this day, judge on the "
+                                          "validation split after it."),
     trials: int = typer.Option(10, help="Bayesian optimisation trials."),
     epochs: int = typer.Option(5, help="Epochs per trial."),
-    window: int = typer.Option(WINDOW_DAYS, help="Longest window tried (shorter ones are its last steps)."),
+    window: int = typer.Option(WINDOW_DAYS, help="S: days per window."),
     horizon: int = typer.Option(HORIZON_DAYS, help="L: predict failure within L days."),
     seed: int = typer.Option(0, help="Seed."),
 ) -> None:
-    """Bayesian search (KerasTuner) over learning rate, width, depth and window length."""
+    """Bayesian search (KerasTuner) over cell, width, depth, dropout, learning rate and healthy windows per positive."""
     quiet_tensorflow()
     from rich.table import Table
 
     from diskwatch.models.windows import WindowConfig
+    from diskwatch.training.fit import TrainConfig
     from diskwatch.training.tune import tune as search
     from diskwatch.training.windowstore import WindowStore
 
     store = WindowStore(_store_for(data, WindowConfig(window=window, horizon=horizon), None, seed, 1.0))
     out.mkdir(parents=True, exist_ok=True)
-    rows = search(store, out, arch=arch, trials=trials, epochs=epochs, seed=seed)
-    table = Table(title=f"KerasTuner results ({arch}), best first")
+    base = TrainConfig(time_cutoff=_date(time_split, "--time-split"), seed=seed)
+    rows = search(store, out, base=base, trials=trials, epochs=epochs)
+    table = Table(title="KerasTuner results (classifier), best first")
     for col in rows[0] if rows else []:
         table.add_column(col)
     for row in rows:

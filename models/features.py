@@ -15,6 +15,10 @@ A :class:`FeatureSpec` says which SMART columns become model inputs and how:
 4. **scale** — min-max to [0, 1] with bounds fitted on the *training split
    only* and stored in the bundle; values beyond the training range are kept
    (clipped to ``clip``) because extremes are exactly what we must notice.
+   ``scaling="quantile"`` maps each feature through its training quantiles
+   instead (piecewise linear, a mass point such as "nothing counted" at its
+   lowest level; min-max slope beyond the training range): a rank transform
+   robust to the heavy tails min-max squeezes into a corner.
 
 Steps 1–2 run per drive-day (the stream stores their output in Redis); steps
 3–4 run per window (:meth:`FeatureSpec.finalize`) on both sides, so training
@@ -40,6 +44,10 @@ Transform = Literal["log1p", "identity"]
 
 #: Attributes Backblaze reports as failure predictors (raw > 0 is a warning).
 BACKBLAZE_CRITICAL = (5, 187, 188, 197, 198)
+#: Knots per feature of ``scaling="quantile"`` (levels 0, 1/(K-1), ..., 1).
+QUANTILE_KNOTS = 51
+#: Rows of training data sampled to fit the quantiles.
+QUANTILE_SAMPLE_ROWS = 400_000
 
 
 class Feature(BaseModel):
@@ -94,11 +102,15 @@ class FeatureSpec(BaseModel):
     indicators: bool = False
     #: What an attribute the window never reported becomes (see the module docstring).
     fill_mode: Literal["mean", "neutral"] = "mean"
+    #: Scaling of step 4: min-max bounds, or the training quantiles (``quantiles``).
+    scaling: Literal["minmax", "quantile"] = "minmax"
     #: Fitted on the training split (None until :func:`fit`): per-feature
     #: lower/upper bound of the transformed values and the fill value.
     lower: tuple[float, ...] | None = None
     upper: tuple[float, ...] | None = None
     fill: tuple[float, ...] | None = None
+    #: Fitted with ``scaling="quantile"``: per feature, its training quantiles at ``QUANTILE_KNOTS`` levels.
+    quantiles: tuple[tuple[float, ...], ...] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
@@ -110,6 +122,10 @@ class FeatureSpec(BaseModel):
         fitted = [self.lower, self.upper, self.fill]
         if any(v is not None for v in fitted) and any(v is None or len(v) != len(names) for v in fitted):
             raise ValueError("lower/upper/fill must all be set, one value per feature")
+        if self.scaling == "quantile" and self.lower is not None:
+            q = self.quantiles
+            if q is None or len(q) != len(names) or any(len(k) < 2 or np.any(np.diff(k) < 0) for k in q):
+                raise ValueError("quantile scaling needs non-decreasing quantiles (>= 2 knots) for every feature")
         return self
 
     # -- description --------------------------------------------------------
@@ -217,10 +233,23 @@ class FeatureSpec(BaseModel):
         span[span <= 0] = 1.0
         fill = np.asarray(self.fill, dtype=np.float32)
         x = np.where(missing, fill, x)
-        x = np.clip((x - lower) / span, self.clip[0], self.clip[1]).astype(np.float32)
+        x = self._quantile_scale(x, span) if self.scaling == "quantile" else (x - lower) / span
+        x = np.clip(x, self.clip[0], self.clip[1]).astype(np.float32)
         if self.indicators:
             x = np.concatenate([x, (~missing).astype(np.float32)], axis=-1)
         return x
+
+    def _quantile_scale(self, x: np.ndarray, span: np.ndarray) -> np.ndarray:
+        """Each feature through its training quantiles to [0, 1]; min-max slope outside the knots."""
+        assert self.quantiles is not None
+        out = np.empty(x.shape, dtype=np.float32)
+        for j, knots in enumerate(self.quantiles):
+            xp, fp = _quantile_curve(knots)
+            col = x[..., j].astype(np.float64)
+            scaled = np.interp(col, xp, fp)
+            scaled = np.where(col < xp[0], fp[0] + (col - xp[0]) / span[j], scaled)
+            out[..., j] = np.where(col > xp[-1], fp[-1] + (col - xp[-1]) / span[j], scaled)
+        return out
 
     def fitted(self, stats: ScalerStats) -> FeatureSpec:
         """A copy of this spec with scaling fitted from training statistics."""
@@ -228,7 +257,27 @@ class FeatureSpec(BaseModel):
         if self.fill_mode == "neutral":
             fill = tuple(lo if f.transform == "log1p" else m for f, lo, m in zip(self.features, lower, fill,
                                                                                    strict=True))
-        return self.model_copy(update={"lower": lower, "upper": upper, "fill": fill})
+        update: dict[str, Any] = {"lower": lower, "upper": upper, "fill": fill}
+        if self.scaling == "quantile":
+            update["quantiles"] = stats.quantiles(QUANTILE_KNOTS, lower, upper)
+        return self.model_copy(update=update)
+
+
+def _quantile_curve(knots: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Points of the piecewise-linear quantile map: a repeated knot (a mass point such as "nothing
+    counted") maps to its lowest level and anything just above it to its highest, so one counted
+    sector jumps past every drive that counts none."""
+    values, first, counts = np.unique(np.asarray(knots, dtype=np.float64), return_index=True, return_counts=True)
+    top = len(knots) - 1
+    xp: list[float] = []
+    fp: list[float] = []
+    for v, f, c in zip(values, first, counts, strict=True):
+        xp.append(float(v))
+        fp.append(f / top)
+        if c > 1:
+            xp.append(float(np.nextafter(v, np.inf)))
+            fp.append((f + c - 1) / top)
+    return np.asarray(xp), np.asarray(fp)
 
 
 def forward_fill(windows: np.ndarray) -> np.ndarray:
@@ -252,20 +301,26 @@ class ScalerStats:
     """Streaming min/max/mean of transformed features (fits data > memory).
 
     Bounds use the observed min and max; ``fill`` is the mean. All three are
-    computed over the training split's rows only.
+    computed over the training split's rows only. With ``sample_rate`` > 0 a
+    seeded random share of the rows is kept for :meth:`quantiles`.
     """
 
-    def __init__(self, n_features: int) -> None:
+    def __init__(self, n_features: int, *, sample_rate: float = 0.0, seed: int = 0) -> None:
         self.n = np.zeros(n_features, dtype=np.int64)
         self.total = np.zeros(n_features, dtype=np.float64)
         self.low = np.full(n_features, np.inf)
         self.high = np.full(n_features, -np.inf)
+        self.sample_rate = float(sample_rate)
+        self._rng = np.random.default_rng(seed)
+        self._sample: list[np.ndarray] = []
 
     def update(self, rows: np.ndarray) -> None:
         """Add transformed rows ``[n, F]`` (NaN ignored)."""
         rows = np.asarray(rows, dtype=np.float64).reshape(-1, self.n.shape[0])
         if rows.size == 0:
             return
+        if self.sample_rate > 0:
+            self._sample.append(rows[self._rng.random(rows.shape[0]) < self.sample_rate])
         seen = ~np.isnan(rows)
         self.n += seen.sum(axis=0)
         self.total += np.where(seen, rows, 0.0).sum(axis=0)
@@ -278,7 +333,21 @@ class ScalerStats:
         self.total += other.total
         self.low = np.fmin(self.low, other.low)
         self.high = np.fmax(self.high, other.high)
+        self._sample.extend(other._sample)
         return self
+
+    def quantiles(
+        self, knots: int, lower: Sequence[float], upper: Sequence[float]
+    ) -> tuple[tuple[float, ...], ...]:
+        """Per feature, the sampled rows' quantiles at ``knots`` even levels (never-seen: lower..upper)."""
+        sample = np.concatenate(self._sample) if self._sample else np.zeros((0, self.n.shape[0]))
+        levels = np.linspace(0.0, 1.0, knots)
+        out = []
+        for j in range(self.n.shape[0]):
+            col = sample[:, j][~np.isnan(sample[:, j])]
+            q = np.quantile(col, levels) if col.size else np.linspace(lower[j], upper[j], knots)
+            out.append(_floats(np.maximum.accumulate(q)))
+        return tuple(out)
 
     def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
         """(lower, upper, fill) per feature; never-seen features map to 0."""

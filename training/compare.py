@@ -14,7 +14,8 @@ rates. A variant is ``KIND[+FLAG...]``:
   ``wN``: width N; ``sN``: mean of N classifiers trained with different seeds; ``hnN``: N % of
   the healthy windows drawn from those with a non-zero critical raw (hard negatives);
   ``focal``: focal loss for the classifier; ``mlN``: no positive windows closer
-  than N days to the failure in the classifier's training.
+  than N days to the failure in the classifier's training; ``q``: per-feature
+  quantile scaling; ``dN``: depth N; ``doN``: dropout N %; ``lrX``: learning rate X.
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ class Variant:
                 overrides["width"] = int(flag[1:])
             elif flag.startswith("ml") and flag[2:].isdigit():
                 overrides["classifier_min_lead"] = int(flag[2:])
+            elif flag == "q":
+                overrides["scaling"] = "quantile"
+            elif flag.startswith("do") and flag[2:].isdigit() and int(flag[2:]) < 100:
+                overrides["dropout"] = int(flag[2:]) / 100
+            elif flag.startswith("d") and flag[1:].isdigit():
+                overrides["depth"] = int(flag[1:])
+            elif flag.startswith("lr") and _is_float(flag[2:]):
+                overrides["learning_rate"] = float(flag[2:])
             elif flag == "focal":
                 overrides["focal"] = True
             elif flag.startswith("hn") and flag[2:].isdigit() and int(flag[2:]) <= 100:
@@ -72,8 +81,16 @@ class Variant:
             elif flag.startswith("s") and flag[1:].isdigit() and int(flag[1:]) >= 1:
                 overrides["classifier_seeds"] = int(flag[1:])
             else:
-                raise ValueError(f"unknown variant flag {flag!r} in {text!r} (ind, wf, hppN, wN, sN, hnN, focal, mlN)")
+                raise ValueError(f"unknown variant flag {flag!r} in {text!r} "
+                                 "(ind, wf, q, hppN, wN, dN, doN, lrX, sN, hnN, focal, mlN)")
         return cls(text.strip(), kind, overrides)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ class TrainConfig(BaseModel):
     time_cutoff: dt.date | None = Field(None, description="Time split: train before, test from this day.")
     indicators: bool = Field(True, description="Feed a 0/1 'reported' column per feature.")
     fill_mode: Literal["mean", "neutral"] = Field("neutral", description="Fill of never-reported attributes.")
+    scaling: Literal["minmax", "quantile"] = Field(
+        "minmax", description="Feature scaling: min-max bounds, or per-feature training quantiles (rank transform).",
+    )
     window_features: bool = Field(True, description="Classifier reads change-since-start and the window summary.")
     budget_split: Literal["even", "searched"] = Field(
         "searched", description="Share of the false-alarm budget per detector: half each, or searched on validation."
@@ -177,7 +180,8 @@ def select_splits(store: WindowStore, config: TrainConfig) -> Splits:
         )
     if val_idx.size == 0:
         raise ValueError("the validation split is empty: more drives are needed")
-    spec = store.spec.model_copy(update={"indicators": config.indicators, "fill_mode": config.fill_mode})
+    spec = store.spec.model_copy(update={"indicators": config.indicators, "fill_mode": config.fill_mode,
+                                         "scaling": config.scaling})
     return Splits(train_idx, val_idx, store.fit_scaler(train_idx, spec=spec))
 
 
@@ -346,6 +350,7 @@ def _training_record(
     cutoff = config.time_cutoff
     return {
         "data": store.manifest.get("data"),
+        "extra_data": store.manifest.get("extra_data") or [],
         "date_from": store.manifest.get("date_from"),
         "date_to": store.manifest.get("date_to"),
         "time_cutoff": cutoff.isoformat() if cutoff else None,

@@ -1,9 +1,11 @@
 """Bayesian hyperparameter search for the classifier (KerasTuner).
 
-Searches learning rate, width, depth and window length. Shorter windows are
-the last ``s`` steps of the store's windows, so one store serves every
-window length tried. The objective is validation PR-AUC (ROC-AUC flatters a
-problem this imbalanced).
+Searches the recurrent cell (LSTM/GRU), width, depth, dropout, learning rate
+and healthy windows per positive around the run's defaults (indicators,
+neutral fill, window features). With a time cut, trials train on the train
+split before the cut and are judged on the validation split after it (other
+drives, later days) — the split thresholds are chosen on, never the test.
+The objective is validation PR-AUC (ROC-AUC flatters a problem this imbalanced).
 """
 
 from __future__ import annotations
@@ -14,90 +16,72 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
-import numpy as np
 
 from diskwatch.models.architectures import build
-from diskwatch.models.features import FeatureSpec
 from diskwatch.training.dataset import WindowDataset, balanced_class_weight
+from diskwatch.training.fit import Splits, TrainConfig, classifier_hp, select_splits
 from diskwatch.training.windowstore import WindowStore
 
+#: The search space (small: a sweep must finish in ~20 min on two cores).
+CELLS = ("lstm", "gru")
+WIDTHS = (32, 64, 128)
+DROPOUTS = (0.1, 0.2, 0.3)
+HEALTHY_PER_POSITIVE = (10.0, 20.0, 40.0)
 
-class _LastSteps(keras.utils.PyDataset):
-    """A WindowDataset seen through its last ``steps`` time steps."""
 
-    def __init__(self, inner: WindowDataset, steps: int) -> None:
-        super().__init__()
-        self.inner = inner
-        self.steps = steps
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        x, y = self.inner[i]
-        return x[:, -self.steps :, :], y
-
-    def on_epoch_end(self) -> None:
-        self.inner.on_epoch_end()
+def trial_config(base: TrainConfig, hp: kt.HyperParameters) -> TrainConfig:
+    """The training config one trial's hyperparameters stand for."""
+    return base.model_copy(update={
+        "arch": hp.Choice("arch", list(CELLS)),
+        "width": hp.Choice("width", list(WIDTHS)),
+        "depth": hp.Int("depth", 1, 2),
+        "dropout": hp.Choice("dropout", list(DROPOUTS)),
+        "learning_rate": hp.Float("learning_rate", 3e-4, 3e-3, sampling="log"),
+        "healthy_per_positive": hp.Choice("healthy_per_positive", list(HEALTHY_PER_POSITIVE)),
+    })
 
 
 class ClassifierHyperModel(kt.HyperModel):
-    def __init__(self, store: WindowStore, spec: FeatureSpec, arch: str, seed: int, batch_size: int) -> None:
+    def __init__(self, store: WindowStore, splits: Splits, base: TrainConfig) -> None:
         super().__init__(name="classifier")
-        self.store = store
-        self.spec = spec
-        self.arch = arch
-        self.seed = seed
-        self.batch_size = batch_size
-        full = store.config.window
-        self.windows = sorted({w for w in (7, 10, 14, 21, 30, full) if 2 <= w <= full})
+        self.store, self.splits, self.base = store, splits, base
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        window = hp.Choice("window", self.windows)
-        kwargs: dict[str, Any] = {
-            "width": hp.Int("width", 16, 128, step=16),
-            "learning_rate": hp.Float("learning_rate", 1e-4, 1e-2, sampling="log"),
-            "dropout": 0.2,
-        }
-        if self.arch != "cnn-lstm":
-            kwargs["depth"] = hp.Int("depth", 1, 3)
-        return build(self.arch, window, self.spec.n_features, **kwargs)
+        config = trial_config(self.base, hp)
+        return build(config.arch, *self.splits.shape(self.store), **classifier_hp(config, self.splits.spec))
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args: Any, **kwargs: Any) -> Any:
-        steps = hp.get("window")
+        config = trial_config(self.base, hp)
         train = WindowDataset(
-            self.store, self.store.select("train"), self.spec, batch_size=self.batch_size,
-            healthy_per_positive=20.0, seed=self.seed,
+            self.store, self.splits.train, self.splits.spec, batch_size=config.batch_size,
+            healthy_per_positive=config.healthy_per_positive, seed=config.seed,
         )
         val = WindowDataset(
-            self.store, self.store.select("val"), self.spec, batch_size=self.batch_size,
-            healthy_per_positive=100.0, shuffle=False, seed=self.seed + 1,
+            self.store, self.splits.val, self.splits.spec, batch_size=config.batch_size,
+            healthy_per_positive=100.0, shuffle=False, seed=config.seed + 1,
         )
         kwargs.pop("validation_data", None)
-        return model.fit(
-            _LastSteps(train, steps), validation_data=_LastSteps(val, steps),
-            class_weight=balanced_class_weight(self.store.labels[train.indices]), **kwargs,
-        )
+        return model.fit(train, validation_data=val,
+                         class_weight=balanced_class_weight(self.store.labels[train.indices]), **kwargs)
 
 
 def tune(
     store: WindowStore,
     out: Path,
     *,
-    arch: str = "lstm",
+    base: TrainConfig | None = None,
     trials: int = 10,
     epochs: int = 5,
-    batch_size: int = 256,
-    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Run the search; write ``results.json``; return rows best-first."""
-    keras.utils.set_random_seed(seed)
-    spec = store.fit_scaler(store.select("train"))
+    base = base or TrainConfig()
+    keras.utils.set_random_seed(base.seed)
+    splits = select_splits(store, base)
     tuner = kt.BayesianOptimization(
-        ClassifierHyperModel(store, spec, arch, seed, batch_size),
+        ClassifierHyperModel(store, splits, base),
         objective=kt.Objective("val_pr_auc", direction="max"),
         max_trials=trials,
-        seed=seed,
+        seed=base.seed,
         directory=str(out),
         project_name="search",
         overwrite=True,

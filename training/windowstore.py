@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from diskwatch.core.dumps import DumpFilter, ReadStats, iter_days
 from diskwatch.core.errors import DataError, DataNotFound
-from diskwatch.models.features import FeatureSpec, ScalerStats
+from diskwatch.models.features import QUANTILE_SAMPLE_ROWS, FeatureSpec, ScalerStats
 from diskwatch.models.windows import WindowConfig, day_number, from_day_number, label
 from diskwatch.training.sequences import EmittedWindows, SequenceBuilder
 from diskwatch.training.splits import SPLITS, assign_splits, time_mask
@@ -57,8 +57,9 @@ class StoreWriter:
             entry = info.get(serial)
             if entry is None:
                 info[serial] = [model, day, day, day if failure == 1 else -1]
-            else:
-                entry[2] = day
+            else:  # min/max: a drive may come back in a later dump read before an earlier one
+                entry[1] = min(entry[1], day)
+                entry[2] = max(entry[2], day)
                 if failure == 1 and entry[3] < 0:
                     entry[3] = day
 
@@ -115,7 +116,7 @@ class BuildResult:
 
 
 def build_store(
-    data: Path | str,
+    data: Path | str | Sequence[Path | str],
     out: Path | str,
     *,
     spec: FeatureSpec | None = None,
@@ -127,39 +128,53 @@ def build_store(
     shard_size: int = 65536,
     on_day: Callable[[dt.date, int], None] | None = None,
 ) -> BuildResult:
-    """Read a dump once and write a window store (see module docstring)."""
+    """Read dumps once and write a window store (see module docstring).
+
+    ``data`` is one dump or several: the first is the *primary* one, whose
+    drives are split into train/validation/test exactly as if it were read
+    alone; drives seen only in the others (extra samples, e.g. another period
+    or fleet) all go to the train split, so evaluation on the primary dump
+    stays on the same unseen drives. Each dump is read with its own window
+    builder (no window spans two dumps); a drive in several dumps keeps the
+    primary dump's split.
+    """
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    if not paths:
+        raise DataError("no dump given")
     spec = spec or FeatureSpec()
     config = config or WindowConfig()
     stats = ReadStats()
-    builder = SequenceBuilder(spec, config, healthy_fraction=healthy_fraction, seed=seed)
     writer = StoreWriter(Path(out), shard_size=shard_size)
-    first: dt.date | None = None
-    last: dt.date | None = None
-    for day, table in iter_days(data, spec.columns(), filters=filters, stats=stats):
-        first = first or day
-        last = day
-        writer.observe_day(table, day_number(day))
-        emitted = builder.add_day(day, table)
-        writer.add(emitted)
-        if on_day is not None:
-            on_day(day, table.num_rows)
-    if first is None:
-        raise DataError(f"no rows read from {data} (check the path and the --from/--to/--models filters)")
+    ranges: list[tuple[dt.date, dt.date]] = []
+    primary: set[str] = set()
+    builders = []
+    for k, path in enumerate(paths):
+        builder = SequenceBuilder(spec, config, healthy_fraction=healthy_fraction, seed=seed)
+        span = _read_dump(path, spec, builder, writer, filters, stats, on_day)
+        if span is None:
+            raise DataError(f"no rows read from {path} (check the path and the --from/--to/--models filters)")
+        ranges.append(span)
+        builders.append(builder)
+        if k == 0:
+            primary = set(writer.serial_info)
     serials = sorted(writer.serial_info)
     failed = np.array([writer.serial_info[s][3] >= 0 for s in serials], dtype=bool)
-    splits = assign_splits(serials, failed, fractions=fractions, seed=seed)
+    splits = _splits(serials, failed, primary, fractions, seed)
+    first, last = min(r[0] for r in ranges), max(r[1] for r in ranges)
     manifest = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "data": str(data),
+        "data": str(paths[0]),
+        "extra_data": [{"data": str(p), "date_from": r[0].isoformat(), "date_to": r[1].isoformat()}
+                       for p, r in zip(paths[1:], ranges[1:], strict=True)],
         "date_from": first.isoformat(),
-        "date_to": last.isoformat() if last else None,
+        "date_to": last.isoformat(),
         "feature_spec": spec.model_dump(mode="json"),
         "window": config.model_dump(mode="json"),
         "healthy_fraction": healthy_fraction,
         "split_fractions": list(fractions),
         "seed": seed,
         "read": stats.to_dict(),
-        "builder": builder.stats.to_dict(),
+        "builder": _sum_stats([b.stats.to_dict() for b in builders]),
         "drives": len(serials),
         "failed_drives": int(failed.sum()),
         "split_drives": {s: int((splits == s).sum()) for s in SPLITS},
@@ -167,6 +182,43 @@ def build_store(
     }
     writer.close(splits=splits, serials=serials, manifest=manifest)
     return BuildResult(Path(out), manifest)
+
+
+def _read_dump(
+    path: Path | str, spec: FeatureSpec, builder: SequenceBuilder, writer: StoreWriter,
+    filters: DumpFilter | None, stats: ReadStats, on_day: Callable[[dt.date, int], None] | None,
+) -> tuple[dt.date, dt.date] | None:
+    """Feed one dump's days through ``builder`` into ``writer``; its first and last day (None: no rows)."""
+    first: dt.date | None = None
+    last: dt.date | None = None
+    for day, table in iter_days(path, spec.columns(), filters=filters, stats=stats):
+        first = first or day
+        last = day
+        writer.observe_day(table, day_number(day))
+        writer.add(builder.add_day(day, table))
+        if on_day is not None:
+            on_day(day, table.num_rows)
+    return None if first is None or last is None else (first, last)
+
+
+def _splits(
+    serials: list[str], failed: np.ndarray, primary: set[str], fractions: tuple[float, float, float], seed: int
+) -> np.ndarray:
+    """The primary dump's drives split as if read alone; drives only in extra dumps train."""
+    in_primary = np.array([s in primary for s in serials], dtype=bool)
+    out = np.full(len(serials), "train", dtype=object)
+    if in_primary.any():
+        chosen = [s for s, p in zip(serials, in_primary, strict=True) if p]
+        out[in_primary] = assign_splits(chosen, failed[in_primary], fractions=fractions, seed=seed)
+    return out.astype(str)
+
+
+def _sum_stats(parts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 class WindowStore:
@@ -241,12 +293,15 @@ class WindowStore:
         return self._shards[k]
 
     def fit_scaler(self, indices: np.ndarray, chunk: int = 65536, *, spec: FeatureSpec | None = None) -> FeatureSpec:
-        """Fit min/max/fill on the given (training) windows; ``spec``: the store's, with other options."""
-        stats = ScalerStats(self.spec.n_features)
+        """Fit min/max/fill (and quantiles) on the given (training) windows; ``spec``: the store's, with other options."""
+        target = spec or self.spec
+        rows = max(1, indices.size * self.config.window)
+        rate = min(1.0, QUANTILE_SAMPLE_ROWS / rows) if target.scaling == "quantile" else 0.0
+        stats = ScalerStats(self.spec.n_features, sample_rate=rate)
         for start in range(0, indices.size, chunk):
             windows = self.load(indices[start : start + chunk])
             stats.update(windows.reshape(-1, self.spec.n_features))
-        return (spec or self.spec).fitted(stats)
+        return target.fitted(stats)
 
     def iter_batches(
         self, indices: np.ndarray, spec: FeatureSpec, batch_size: int = 1024

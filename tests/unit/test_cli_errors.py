@@ -64,6 +64,32 @@ def test_empty_data_folder(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
     assert_one_line(err, "no daily YYYY-MM-DD.csv files")
 
 
+def test_a_window_store_is_not_combined_with_dumps(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "manifest.json").write_text("{}")
+    (store / "serials.parquet").write_bytes(b"")
+    code, err = run_main(monkeypatch, capsys, "train", "--data", str(store), "--data", str(tmp_path),
+                         "--out", str(tmp_path / "b"))
+    assert code == 2
+    assert_one_line(err, "cannot be combined")
+
+
+def test_a_missing_extra_dump_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    dump = tmp_path / "d"
+    dump.mkdir()
+    (dump / "2024-01-01.csv").write_text("date,serial_number,model,capacity_bytes,failure,smart_5_raw\n"
+                                         "2024-01-01,S1,ST4000DM000,1,0,0\n")
+    code, err = run_main(monkeypatch, capsys, "train", "--data", str(dump), "--data", str(tmp_path / "extra"),
+                         "--out", str(tmp_path / "b"), "--cache", str(tmp_path / "cache"))
+    assert code == 2
+    assert_one_line(err, "no such file or directory", "extra")
+
+
 def test_unknown_architecture(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, err = run_main(monkeypatch, capsys, "train", "--data", str(tmp_path), "--out", str(tmp_path / "b"),
                          "--arch", "transformer")

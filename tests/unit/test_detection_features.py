@@ -196,3 +196,82 @@ def test_hard_negative_draw_takes_its_share_from_the_hard_healthy_windows() -> N
         WindowDataset(store, idx, None, hard=hard, hard_share=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="aligned"):
         WindowDataset(store, idx, None, hard=hard[:5], hard_share=0.5)  # type: ignore[arg-type]
+
+
+def _quantile_fitted() -> FeatureSpec:
+    spec = FeatureSpec.from_names(["smart_5_raw", "smart_9_raw"]).model_copy(update={"scaling": "quantile"})
+    stats = ScalerStats(2, sample_rate=1.0)
+    rng = np.random.default_rng(0)
+    realloc = np.where(rng.random(1000) < 0.9, 0.0, rng.integers(1, 5000, 1000))  # 90 % "nothing counted"
+    hours = rng.uniform(0, 40_000, 1000)
+    stats.update(spec.transform(np.stack([realloc, hours], axis=-1)))
+    return spec.fitted(stats)
+
+
+def test_quantile_scaling_ranks_heavy_tails_and_keeps_extremes() -> None:
+    spec = _quantile_fitted()
+    assert spec.quantiles is not None and len(spec.quantiles) == 2
+    x = spec.finalize(spec.transform(np.array([[0, 20_000], [1, 20_000], [10**7, 10**6]], dtype=float))[:, None, :])
+    # "nothing counted" (the 90 % mass point) stays at the bottom; one counted sector jumps to ~the 90th percentile
+    assert x[0, 0, 0] == pytest.approx(0.0)
+    assert 0.85 <= x[1, 0, 0] <= 0.95
+    # min-max would put one sector at log1p(1)/log1p(5000) ~ 0.08: the rank transform spreads the tail
+    assert x[1, 0, 0] > 5 * 0.08
+    assert x[0, 0, 1] == pytest.approx(0.5, abs=0.06)  # a uniform feature maps to its rank
+    assert x[2, 0, 0] > 1.0 and x[2, 0, 1] > 1.0  # beyond the training range: still rising, not capped at 1
+
+
+def test_quantile_spec_needs_its_quantiles() -> None:
+    spec = _quantile_fitted()
+    with pytest.raises(ValueError, match="quantile"):
+        FeatureSpec.model_validate(spec.model_dump() | {"quantiles": None})
+    with pytest.raises(ValueError, match="quantile"):
+        FeatureSpec.model_validate(spec.model_dump() | {"quantiles": [[1.0, 0.0], [0.0, 1.0]]})
+
+
+def test_quantile_scaling_round_trips_in_the_bundle_and_scales_alike_in_the_stream(tmp_path) -> None:
+    from diskwatch.models.architectures import build
+    from diskwatch.models.bundle import Thresholds, load_bundle, save_bundle
+    from diskwatch.models.windows import WindowConfig, windows_ending_at
+
+    spec = _quantile_fitted()
+    config = WindowConfig(window=4, horizon=2, max_gap=2)
+    models = {"classifier": build("lstm", 4, 2, width=4, depth=1),
+              "autoencoder": build("ae-conv", 4, 2)}
+    path = save_bundle(tmp_path / "b", models=models, spec=spec, window=config,
+                       thresholds=Thresholds(classifier=0.5, classifier_method="t", autoencoder=0.1,
+                                             autoencoder_method="t"))
+    loaded = load_bundle(path).spec
+    assert loaded == spec and loaded.scaling == "quantile"
+    # The stream's path: per-report transformed vectors → windows_ending_at → the bundle's spec.
+    raw = np.array([[0, 100], [0, 124], [3, 148], [np.nan, 172], [40, 196]], dtype=float)
+    days = np.array([0, 1, 2, 3, 4])
+    _, windows = windows_ending_at(np.zeros(5, np.int64), days, spec.transform(raw), np.array([3, 4]), config)
+    np.testing.assert_array_equal(loaded.finalize(windows), spec.finalize(windows))
+    # ... and the training side's windows (the same days, stacked) scale identically
+    training = np.stack([spec.transform(raw[0:4]), spec.transform(raw[1:5])])
+    np.testing.assert_array_equal(loaded.finalize(windows), spec.finalize(training))
+
+
+def test_variant_flags_of_the_third_round() -> None:
+    assert Variant.parse("lstm+ind+wf+q").overrides["scaling"] == "quantile"
+    v = Variant.parse("gru+d1+do30+lr0.002")
+    assert (v.overrides["depth"], v.overrides["dropout"], v.overrides["learning_rate"]) == (1, 0.3, 0.002)
+    with pytest.raises(ValueError, match="flag"):
+        Variant.parse("lstm+lrx")
+
+
+def test_tuner_trials_are_train_configs_over_the_searched_space() -> None:
+    kt = pytest.importorskip("keras_tuner")
+    from diskwatch.training.fit import TrainConfig
+    from diskwatch.training.tune import CELLS, HEALTHY_PER_POSITIVE, trial_config
+
+    hp = kt.HyperParameters()
+    hp.values.update({"arch": "gru", "width": 128, "depth": 1, "dropout": 0.3, "learning_rate": 0.002,
+                      "healthy_per_positive": 40.0})
+    base = TrainConfig(focal=True)
+    config = trial_config(base, hp)
+    assert (config.arch, config.width, config.depth, config.dropout) == ("gru", 128, 1, 0.3)
+    assert (config.learning_rate, config.healthy_per_positive) == (0.002, 40.0)
+    assert config.focal and config.window_features and config.indicators  # the rest of the run's config stays
+    assert set(CELLS) == {"lstm", "gru"} and 20.0 in HEALTHY_PER_POSITIVE

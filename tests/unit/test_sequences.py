@@ -282,6 +282,38 @@ def test_undersampling_keeps_every_positive(tmp_path: Path) -> None:
     assert len(some) < 0.3 * len(full)
 
 
+def test_extra_dumps_train_and_leave_the_primary_split_alone(tmp_path: Path) -> None:
+    cfg = WindowConfig(window=3, horizon=2)
+    # primary: 40 drives over days 400..411 (one in four fails); extra: an earlier period, 20 other drives
+    # and D1 (also in the primary), read *after* the primary
+    primary = write_days(tmp_path / "p", merge(*(
+        drive_rows(f"D{i}", list(range(400, 412)), fail_on=411 if i % 4 == 0 else None) for i in range(40))))
+    extra = write_days(tmp_path / "e", merge(*(
+        drive_rows(f"X{i}", list(range(10)), fail_on=9 if i % 5 == 0 else None) for i in range(20)),
+        drive_rows("D1", list(range(10)))))
+    alone = WindowStore(build_store(primary, tmp_path / "s1", spec=SPEC, config=cfg).store)
+    both_result = build_store([primary, extra], tmp_path / "s2", spec=SPEC, config=cfg)
+    both = WindowStore(both_result.store)
+    split_alone = dict(zip(alone.serials, alone.split_of, strict=True))
+    split_both = dict(zip(both.serials, both.split_of, strict=True))
+    assert {s: split_both[s] for s in split_alone} == split_alone  # same test drives as the primary alone
+    assert {split_both[f"X{i}"] for i in range(20)} == {"train"}
+    per_failure = alone.labels.sum() // 10  # the primary has 10 failures
+    assert both.labels.sum() == alone.labels.sum() + 4 * per_failure  # and the extra dump 4 more
+    # no window spans the two dumps: D1 has 8 windows in the extra period and 10 in the primary, none across
+    d1 = both.serials.index("D1")
+    ends = np.sort(both.end_day[both.window_serial == d1])
+    assert ends.size == 8 + 10 and np.diff(ends).max() > 300
+    first_day = day_number(D0)
+    assert both_result.manifest["date_from"] == D0.isoformat()
+    assert both_result.manifest["extra_data"][0]["date_to"] == (D0 + dt.timedelta(days=9)).isoformat()
+    assert not alone.manifest["extra_data"]
+    import pyarrow.parquet as pq
+
+    info = pq.read_table(both.root / "serials.parquet").to_pandas().set_index("serial_number")
+    assert info.loc["D1", "first_day"] == first_day and info.loc["D1", "last_day"] == first_day + 411
+
+
 def test_time_split_leaves_a_horizon_gap() -> None:
     ends = np.arange(100, 120)
     train = time_mask(ends, "train", cutoff_day=110, horizon=3)
