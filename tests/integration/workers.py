@@ -140,6 +140,31 @@ class Stream:
         except Exception:  # any broker error means "not known yet"
             return None
 
+    async def read_to_end(self, topic: str, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        """Every JSON message in ``topic`` up to its end offsets at the call, no idle wait.
+
+        Call it once the worker's lag is 0: it publishes a batch's alerts and dead letters and
+        waits for their acks before committing the batch, so they are all in the topic by then.
+        """
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        out: list[dict[str, Any]] = []
+        try:
+            count = self.partitions if topic == self.telemetry else 1  # as create_topics made them
+            parts = [TopicPartition(topic, p) for p in range(count)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            ends = await consumer.end_offsets(parts)
+            deadline = time.monotonic() + timeout_s
+            while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}: not read to its end offsets {ends} within {timeout_s}s")
+                batch = await consumer.getmany(timeout_ms=500)
+                out.extend(json.loads(m.value) for msgs in batch.values() for m in msgs)
+        finally:
+            await consumer.stop()
+        return out
+
     async def read(self, topic: str, *, expect: int | None = None, idle_s: float = 3.0,
                    timeout_s: float = 120.0) -> list[dict[str, Any]]:
         """All JSON messages of a topic: until ``expect`` arrive, or none for ``idle_s``."""
