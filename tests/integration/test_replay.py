@@ -15,6 +15,7 @@ from diskwatch.core.records import TelemetryRecord
 from diskwatch.core.settings import Settings
 from diskwatch.models.bundle import load_bundle
 from diskwatch.replay import replay
+from tests.integration.test_worker import alerts_when_drained
 from tests.integration.workers import Stream, WorkerProcess, read_records
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -93,10 +94,10 @@ def test_replayed_fleet_through_a_worker_catches_failures(
     """End to end: replay → worker → alerts; precursor failures caught, false alarms within target."""
     stream = Stream(kafka_bootstrap, redis_url, partitions=2)
     asyncio.run(stream.create_topics())
-    with WorkerProcess(stream, sim_bundle):
+    with WorkerProcess(stream, sim_bundle) as worker:
         summary = asyncio.run(replay(sim_fleet, settings_for(stream)))
         assert summary.records > 20_000
-        alerts = asyncio.run(stream.read(stream.alerts, idle_s=15, timeout_s=600))
+        alerts = alerts_when_drained(stream, worker, timeout=600)
     bundle = load_bundle(sim_bundle)
     horizon = bundle.window.horizon
     first_day = dt.date.fromisoformat(sim_truth["start"])

@@ -101,6 +101,14 @@ def wait_for(condition, timeout: float, what: str, worker: WorkerProcess | None 
     pytest.fail(f"timed out after {timeout}s waiting for {what}\n{tail}")
 
 
+def alerts_when_drained(stream: Stream, worker: WorkerProcess, timeout: float = 120) -> list[dict]:
+    """Every alert of the stream, read once the group's lag is 0: a worker publishes a batch's alerts
+    and waits for their acks before it commits the batch, so none can still be on its way (a
+    condition, where an idle period to wait out was slow and, on a busy machine, could end early)."""
+    wait_for(lambda: stream.total_lag() == 0, timeout, "consumer lag 0 (every offset committed)", worker)
+    return asyncio.run(stream.read_to_end(stream.alerts))
+
+
 def stored_days(client: redis.Redis, stream: Stream, bundle_path: Path, serials: list[str]) -> int:
     return sum(len(drive_state(client, stream, bundle_path, s).days) for s in serials)
 
@@ -233,11 +241,11 @@ def test_duplicates_and_shuffled_days_give_identical_windows_and_alerts(
             wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, ["B-" + s for s in chosen])
                      == stored_days(sync_redis, stream, sim_bundle, ["A-" + s for s in chosen]), 120,
                      "shuffled records", worker)
-            first = asyncio.run(stream.read(stream.alerts, idle_s=6))
+            first = alerts_when_drained(stream, worker)
             before = {s: drive_state(sync_redis, stream, sim_bundle, "B-" + s) for s in chosen}
             asyncio.run(stream.produce_records(renamed("B-", records)))  # every record again, later
             wait_for(lambda: stream.total_lag() == 0, 120, "the re-sent records consumed (lag 0)", worker)
-            second = asyncio.run(stream.read(stream.alerts, idle_s=6))
+            second = asyncio.run(stream.read_to_end(stream.alerts))  # lag 0 waited for above
             after = {s: drive_state(sync_redis, stream, sim_bundle, "B-" + s) for s in chosen}
     finally:
         cleanup(sync_redis, stream)
@@ -264,12 +272,17 @@ def test_windows_match_between_orders(
     random.Random(3).shuffle(shuffled)
     stream_a, stream_b = Stream(kafka_bootstrap, redis_url), Stream(kafka_bootstrap, redis_url)
     try:
+        # The two streams are independent (own topics, group and key prefix): their workers run side by side.
+        workers = []
         for stream, rs in ((stream_a, records), (stream_b, shuffled + shuffled[:100])):
             asyncio.run(stream.create_topics())
-            with WorkerProcess(stream, sim_bundle, DISKWATCH_BATCH_SIZE=2000, DISKWATCH_BATCH_LINGER_S=2) as w:
-                asyncio.run(stream.produce_records(rs))
-                wait_for(lambda s=stream: stored_days(sync_redis, s, sim_bundle, serials) == len(records), 120,
-                         "all records stored", w)
+            asyncio.run(stream.produce_records(rs))
+            workers.append(WorkerProcess(stream, sim_bundle, DISKWATCH_BATCH_SIZE=2000, DISKWATCH_BATCH_LINGER_S=2)
+                           .start())
+        for stream, w in zip((stream_a, stream_b), workers, strict=True):
+            wait_for(lambda s=stream: stored_days(sync_redis, s, sim_bundle, serials) == len(records), 120,
+                     "all records stored", w)
+            w.stop()
         for serial in serials:
             a = drive_state(sync_redis, stream_a, sim_bundle, serial)
             b = drive_state(sync_redis, stream_b, sim_bundle, serial)
@@ -303,7 +316,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(
         with WorkerProcess(stream, sim_bundle) as second:
             wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, list(chosen)) == len(send), 180,
                      "every record in a window after restart", second)
-            alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+            alerts = alerts_when_drained(stream, second)
     finally:
         cleanup(sync_redis, stream)
     keys = Counter(a["idempotency_key"] for a in alerts)
@@ -432,7 +445,7 @@ def test_two_workers_share_four_partitions_and_survive_rebalance(
         asyncio.run(stream.produce_records(records[:half]))  # redelivery-like duplicates
         wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, list(chosen)) == len(records), 180,
                  "every record stored", b)
-        alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+        alerts = alerts_when_drained(stream, b)
         b.stop()
     finally:
         cleanup(sync_redis, stream)
@@ -557,7 +570,7 @@ def test_rebalance_in_the_middle_of_batches_loses_no_day_and_repeats_no_alert(
         total = sum(len(w) for w in waves)
         wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, list(chosen)) == total, 180,
                  "every record stored", b)
-        alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+        alerts = alerts_when_drained(stream, b)
         rebalances = metric(port_a, "diskwatch_rebalances_total")
     finally:
         a.stop()
@@ -597,7 +610,7 @@ def test_redis_sigkill_mid_stream_restart_from_aof_loses_no_day_and_repeats_no_a
             total = sum(len(w) for w in waves)
             wait_for(lambda: _pings(client) and stored_days(client, stream, sim_bundle, list(chosen)) == total,
                      180, "every day in its window after the Redis crash", worker)
-            alerts = asyncio.run(stream.read(stream.alerts, idle_s=6))
+            alerts = alerts_when_drained(stream, worker)
             assert worker.alive()
     finally:
         client.close()

@@ -29,10 +29,35 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_records(dump: Path, serials: Iterable[str] | None = None) -> list[TelemetryRecord]:
-    """Every row of a daily-CSV dump (plain or .gz) as records, optionally for some serials."""
+    """Every row of a daily-CSV dump (plain or .gz) as records, optionally for some serials.
+
+    A whole dump, once parsed, is kept for the rest of the process (keyed by its files' names,
+    sizes and mtimes, so a rewritten dump is parsed again): the shared simulated fleet takes
+    ~10 s to parse on a busy 2-core machine and a dozen tests read it. Records are frozen.
+    """
+    key = _dump_key(dump)
     wanted = set(serials) if serials is not None else None
+    if key not in _PARSED and wanted is not None:
+        return _parse(dump, wanted)
+    if key not in _PARSED:
+        _PARSED[key] = tuple(_parse(dump, None))
+    return [r for r in _PARSED[key] if wanted is None or r.serial_number in wanted]
+
+
+_PARSED: dict[tuple, tuple[TelemetryRecord, ...]] = {}
+
+
+def _dump_files(dump: Path) -> list[Path]:
+    return sorted(p for p in dump.iterdir() if p.name.endswith((".csv", ".csv.gz")))
+
+
+def _dump_key(dump: Path) -> tuple:
+    return (str(dump.resolve()), *((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in _dump_files(dump)))
+
+
+def _parse(dump: Path, wanted: set[str] | None) -> list[TelemetryRecord]:
     out: list[TelemetryRecord] = []
-    for path in sorted(p for p in dump.iterdir() if p.name.endswith((".csv", ".csv.gz"))):
+    for path in _dump_files(dump):
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", newline="") as handle:
             for row in csv.DictReader(handle):
@@ -139,6 +164,31 @@ class Stream:
             return sum(asyncio.run(self.lag()).values())
         except Exception:  # any broker error means "not known yet"
             return None
+
+    async def read_to_end(self, topic: str, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+        """Every JSON message in ``topic`` up to its end offsets at the call, no idle wait.
+
+        Call it once the worker's lag is 0: it publishes a batch's alerts and dead letters and
+        waits for their acks before committing the batch, so they are all in the topic by then.
+        """
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        out: list[dict[str, Any]] = []
+        try:
+            count = self.partitions if topic == self.telemetry else 1  # as create_topics made them
+            parts = [TopicPartition(topic, p) for p in range(count)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            ends = await consumer.end_offsets(parts)
+            deadline = time.monotonic() + timeout_s
+            while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}: not read to its end offsets {ends} within {timeout_s}s")
+                batch = await consumer.getmany(timeout_ms=500)
+                out.extend(json.loads(m.value) for msgs in batch.values() for m in msgs)
+        finally:
+            await consumer.stop()
+        return out
 
     async def read(self, topic: str, *, expect: int | None = None, idle_s: float = 3.0,
                    timeout_s: float = 120.0) -> list[dict[str, Any]]:

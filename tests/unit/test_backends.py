@@ -20,23 +20,27 @@ from diskwatch.models.windows import WindowConfig
 SCORE = """
 import json, sys, numpy as np, keras
 from diskwatch.models.bundle import load_bundle
-b = load_bundle(sys.argv[1])
-x = np.random.default_rng(0).random((37, b.window.window, b.spec.n_inputs), dtype=np.float32)
-s = b.scorer().score(x)
-print(json.dumps({"backend": keras.backend.backend(), "p": s.probability.tolist(), "e": s.feature_error.tolist()}))
+out = {}
+for path in sys.argv[1:]:
+    b = load_bundle(path)
+    x = np.random.default_rng(0).random((37, b.window.window, b.spec.n_inputs), dtype=np.float32)
+    s = b.scorer().score(x)
+    out[path] = {"backend": keras.backend.backend(), "p": s.probability.tolist(), "e": s.feature_error.tolist()}
+print(json.dumps(out))
 """
 
+VARIANTS = {"plain": False, "window-features+indicators": True}
 
-def score_with(backend: str, bundle: Path) -> dict:
+
+def score_with(backend: str, bundles: list[Path]) -> dict[str, dict]:
+    """Scores of every bundle from one interpreter on ``backend`` (one start-up for all of them)."""
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run([sys.executable, "-c", SCORE, str(bundle)], env=env, capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", SCORE, *map(str, bundles)], env=env, capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).resolve().parents[2])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install .[jax])")
-@pytest.mark.parametrize("window_features", [False, True], ids=["plain", "window-features+indicators"])
-def test_tensorflow_bundle_scores_identically_on_jax(tmp_path: Path, window_features: bool) -> None:
+def write_bundle(out: Path, window_features: bool) -> Path:
     spec = FeatureSpec(indicators=window_features)
     stats = ScalerStats(spec.n_features)
     stats.update(np.random.default_rng(1).random((50, spec.n_features)))
@@ -44,10 +48,24 @@ def test_tensorflow_bundle_scores_identically_on_jax(tmp_path: Path, window_feat
     extra = {"window_features": True, "n_values": spec.n_features} if window_features else {}
     models = {"classifier": build("lstm", 6, spec.n_inputs, width=8, depth=2, **extra),
               "autoencoder": build("ae-lstm", 6, spec.n_inputs, width=8, latent=4)}
-    bundle = save_bundle(tmp_path / "b", models=models, spec=spec.fitted(stats), window=window,
-                         thresholds=Thresholds(classifier=0.5, classifier_method="t", autoencoder=0.1,
-                                               autoencoder_method="t"))
-    tf, jx = score_with("tensorflow", bundle), score_with("jax", bundle)
+    return save_bundle(out, models=models, spec=spec.fitted(stats), window=window,
+                       thresholds=Thresholds(classifier=0.5, classifier_method="t", autoencoder=0.1,
+                                             autoencoder_method="t"))
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, dict]]:
+    """Each variant's bundle scored on TensorFlow and on JAX: two interpreters for all variants, not two each."""
+    root = tmp_path_factory.mktemp("backends")
+    bundles = {name: write_bundle(root / name, wf) for name, wf in VARIANTS.items()}
+    tf, jx = score_with("tensorflow", list(bundles.values())), score_with("jax", list(bundles.values()))
+    return {name: (tf[str(path)], jx[str(path)]) for name, path in bundles.items()}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install .[jax])")
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_tensorflow_bundle_scores_identically_on_jax(scored: dict[str, tuple[dict, dict]], variant: str) -> None:
+    tf, jx = scored[variant]
     assert (tf["backend"], jx["backend"]) == ("tensorflow", "jax")
     np.testing.assert_allclose(tf["p"], jx["p"], atol=1e-5)
     np.testing.assert_allclose(tf["e"], jx["e"], atol=1e-5)

@@ -1,4 +1,9 @@
-"""The worker runs without the training-only extra (``diskwatch[train]``): none of it is imported."""
+"""The worker's side starts lean and quiet: no training-only extra (``diskwatch[train]``) is
+imported, and TensorFlow prints no start-up banner.
+
+Both checks read one fresh interpreter (a module fixture): importing TensorFlow is most of
+the cost, so they share it rather than start one each.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,21 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 TRAIN_ONLY = ("matplotlib", "keras_tuner", "tensorboard", "xgboost", "sklearn")
 
+NOISE = ("absl::InitializeLog", "oneDNN", "cuInit", "cpu_feature_guard", "cudart_stub")
 
-def test_stream_side_imports_without_training_extras() -> None:
-    """Block the training-only packages; the worker's modules (and Keras/TF) must still import."""
+
+@pytest.fixture(scope="module")
+def worker_side_start() -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter with the training-only packages blocked and TF's log level unset: it
+    quiets TensorFlow, imports the worker's modules (and Keras/TF), runs one op, then warns."""
     script = textwrap.dedent(
         f"""
-        import importlib.abc, sys
+        import importlib.abc, os, sys, warnings
+        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
         BLOCKED = {TRAIN_ONLY!r}
 
         class Block(importlib.abc.MetaPathFinder):
@@ -30,28 +42,21 @@ def test_stream_side_imports_without_training_extras() -> None:
         keras.ops.sum(keras.ops.ones(2))
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         print("LOADED", loaded)
-        """
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "LOADED []" in proc.stdout
-
-
-def test_tensorflow_start_up_is_quiet() -> None:
-    """No absl/oneDNN/CUDA banner lines on stderr once quiet_tensorflow() ran; real warnings still show."""
-    script = textwrap.dedent(
-        """
-        import os, warnings
-        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-        from diskwatch.core.quiet import quiet_tensorflow
-        quiet_tensorflow()
-        import keras
-        keras.ops.sum(keras.ops.ones(2))
         warnings.warn("a real warning stays")
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for noise in ("absl::InitializeLog", "oneDNN", "cuInit", "cpu_feature_guard", "cudart_stub"):
-        assert noise not in proc.stderr
-    assert "a real warning stays" in proc.stderr
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_stream_side_imports_without_training_extras(worker_side_start: subprocess.CompletedProcess[str]) -> None:
+    """Block the training-only packages; the worker's modules (and Keras/TF) must still import."""
+    assert worker_side_start.returncode == 0, worker_side_start.stderr[-3000:]
+    assert "LOADED []" in worker_side_start.stdout
+
+
+def test_tensorflow_start_up_is_quiet(worker_side_start: subprocess.CompletedProcess[str]) -> None:
+    """No absl/oneDNN/CUDA banner lines on stderr once quiet_tensorflow() ran; real warnings still show."""
+    assert worker_side_start.returncode == 0, worker_side_start.stderr[-3000:]
+    for noise in NOISE:
+        assert noise not in worker_side_start.stderr
+    assert "a real warning stays" in worker_side_start.stderr
