@@ -7,6 +7,7 @@ in the run's shared temporary folder under a file lock, the others wait and reus
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -24,8 +25,37 @@ from diskwatch.training.windowstore import WindowStore, build_store
 WINDOW = WindowConfig(window=7, horizon=5, max_gap=2)
 
 
+# Built fixtures are also kept between runs, in .local/cache/test-fixtures/NAME-KEY: KEY hashes
+# every source file that shapes them (core, models, training, this file) and the versions of the
+# libraries that write them, so any change to those builds afresh. A fresh clone builds once.
+# DISKWATCH_TEST_FIXTURE_CACHE=0 turns the cache off.
+FIXTURE_CACHE = Path(__file__).resolve().parents[2] / ".local" / "cache" / "test-fixtures"
+
+
+def _fingerprint() -> str:
+    from importlib.metadata import version
+
+    repo = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for package in ("core", "models", "training"):
+        for path in sorted((repo / package).rglob("*.py")):
+            digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    for dist in ("keras", "tensorflow", "numpy", "pandas"):
+        digest.update(f"{dist}={version(dist)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _cache_enabled() -> bool:
+    return os.environ.get("DISKWATCH_TEST_FIXTURE_CACHE", "1") != "0"
+
+
 def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
-    """``build(folder)`` once per run (shared by xdist workers); later callers get the finished folder."""
+    """``build(folder)`` once per run (shared by xdist workers); later callers get the finished folder.
+
+    The result is copied into the fixture cache, and a later run with the same sources copies it
+    back instead of building (a trained bundle takes 30-90 s on a busy 2-core machine).
+    """
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the run's folder, above each worker's popen-gwN
@@ -33,10 +63,32 @@ def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     with FileLock(str(target) + ".lock"):
         if not (target / ".complete").exists():
             shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True)
-            build(target)
-            (target / ".complete").touch()
+            cached = FIXTURE_CACHE / f"{name}-{_fingerprint()}"
+            if _cache_enabled() and (cached / ".complete").exists():
+                shutil.copytree(cached, target)
+            else:
+                target.mkdir(parents=True)
+                build(target)
+                (target / ".complete").touch()
+                if _cache_enabled():
+                    _store(target, cached)
     return target
+
+
+def _store(built: Path, cached: Path) -> None:
+    """Copy a finished build into the cache (atomically: a rename) and drop older builds of it."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = cached.parent / f".{cached.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(built, staging)
+    name = cached.name.rsplit("-", 1)[0]
+    for old in cached.parent.glob(f"{name}-*"):
+        if old != cached:
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        staging.rename(cached)
+    except OSError:  # another run stored it first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
