@@ -32,7 +32,7 @@ WINDOW = WindowConfig(window=7, horizon=5, max_gap=2)
 FIXTURE_CACHE = Path(__file__).resolve().parents[2] / ".local" / "cache" / "test-fixtures"
 
 
-def _fingerprint() -> str:
+def _fingerprint(inputs: Path | None = None) -> str:
     from importlib.metadata import version
 
     repo = Path(__file__).resolve().parents[2]
@@ -43,6 +43,9 @@ def _fingerprint() -> str:
     digest.update(Path(__file__).read_bytes())
     for dist in ("keras", "tensorflow", "numpy", "pandas"):
         digest.update(f"{dist}={version(dist)}".encode())
+    for path in sorted(inputs.rglob("*")) if inputs is not None else ():
+        stat = path.stat()
+        digest.update(f"{path.relative_to(inputs)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -50,11 +53,13 @@ def _cache_enabled() -> bool:
     return os.environ.get("DISKWATCH_TEST_FIXTURE_CACHE", "1") != "0"
 
 
-def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None],
+               inputs: Path | None = None) -> Path:
     """``build(folder)`` once per run (shared by xdist workers); later callers get the finished folder.
 
     The result is copied into the fixture cache, and a later run with the same sources copies it
-    back instead of building (a trained bundle takes 30-90 s on a busy 2-core machine).
+    back instead of building (a trained bundle takes 30-90 s on a busy 2-core machine). Files
+    under ``inputs`` (names, sizes, mtimes) are part of the cache key.
     """
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -63,7 +68,7 @@ def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     with FileLock(str(target) + ".lock"):
         if not (target / ".complete").exists():
             shutil.rmtree(target, ignore_errors=True)
-            cached = FIXTURE_CACHE / f"{name}-{_fingerprint()}"
+            cached = FIXTURE_CACHE / f"{name}-{_fingerprint(inputs)}"
             if _cache_enabled() and (cached / ".complete").exists():
                 shutil.copytree(cached, target)
             else:
@@ -115,6 +120,38 @@ def sim_bundle(sim_fleet: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         train(store, root / "bundle", config)
 
     return build_once(tmp_path_factory, "sim-bundle", build) / "bundle"
+
+
+@pytest.fixture(scope="session")
+def real_bundle(backblaze_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small bundle trained on the real 2013 sample, and a subset dump of its drives.
+
+    The folder holds ``bundle/``, ``subset/`` (the failed drives and 30 healthy ones, one CSV a
+    day) and ``drives.json`` (``failed``: serial -> failure day number, ``healthy``: serials).
+    """
+    source = backblaze_dir / "daily_2013"
+
+    def build(root: Path) -> None:
+        import gzip
+
+        store = WindowStore(build_store(source, root / "store", config=WindowConfig(window=7, horizon=5),
+                                        healthy_fraction=0.2, seed=3).store)
+        config = TrainConfig(epochs=3, width=16, depth=1, latent=4, batch_size=128, seed=3, xgboost=False, rul=False)
+        train(store, root / "bundle", config)
+        failed = {s: int(d) for s, d in zip(store.serials, store.failure_day, strict=True) if d >= 0}
+        healthy = [s for s in store.serials if s not in failed][:30]
+        keep_serials = set(failed) | set(healthy)
+        (root / "subset").mkdir()
+        for path in sorted(source.glob("*.csv.gz")):
+            with gzip.open(path, "rt", newline="") as handle:
+                lines = handle.read().splitlines()
+            keep = [lines[0]] + [ln for ln in lines[1:] if ln.split(",", 2)[1] in keep_serials]
+            (root / "subset" / path.name.removesuffix(".gz")).write_text("\n".join(keep) + "\n")
+        (root / "drives.json").write_text(json.dumps({"failed": failed, "healthy": healthy}))
+        del store
+        shutil.rmtree(root / "store", ignore_errors=True)
+
+    return build_once(tmp_path_factory, "real-2013-bundle", build, inputs=source)
 
 
 @pytest.fixture(autouse=True)

@@ -455,29 +455,11 @@ def test_two_workers_share_four_partitions_and_survive_rebalance(
 
 @pytest.mark.real_data
 def test_real_failing_drive_alerts_before_failure(
-    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, backblaze_dir: Path, tmp_path: Path,
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, real_bundle: Path,
 ) -> None:
     """A bundle trained on the real sample flags a real failing drive's history before it dies."""
-    from diskwatch.models.windows import WindowConfig
-    from diskwatch.training.fit import TrainConfig, train
-    from diskwatch.training.windowstore import WindowStore, build_store
-
-    source = backblaze_dir / "daily_2013"
-    store = WindowStore(build_store(source, tmp_path / "store", config=WindowConfig(window=7, horizon=5),
-                                    healthy_fraction=0.2, seed=3).store)
-    bundle_path = train(store, tmp_path / "bundle", TrainConfig(epochs=3, width=16, depth=1, latent=4,
-                                                                batch_size=128, seed=3, xgboost=False,
-                                                                rul=False)).bundle
-    failed = {s: int(d) for s, d in zip(store.serials, store.failure_day, strict=True) if d >= 0}
-    healthy = [s for s in store.serials if s not in failed][:30]
-    small = tmp_path / "subset"
-    small.mkdir()
-    import gzip
-    for path in sorted(source.glob("*.csv.gz")):
-        with gzip.open(path, "rt", newline="") as handle:
-            lines = handle.read().splitlines()
-        keep = [lines[0]] + [ln for ln in lines[1:] if ln.split(",", 2)[1] in set(failed) | set(healthy)]
-        (small / path.name.removesuffix(".gz")).write_text("\n".join(keep) + "\n")
+    bundle_path, small = real_bundle / "bundle", real_bundle / "subset"
+    failed = json.loads((real_bundle / "drives.json").read_text())["failed"]
     expected, _ = expected_alerts(bundle_path, small)
     epoch = dt.date(1970, 1, 1)
     early = {s for s, d, _ in expected if s in failed and dt.date.fromisoformat(d) < epoch + dt.timedelta(days=failed[s])}
@@ -491,7 +473,6 @@ def test_real_failing_drive_alerts_before_failure(
             alerts = asyncio.run(stream.read(stream.alerts, expect=len(expected), timeout_s=240, idle_s=10))
     finally:
         cleanup(sync_redis, stream)
-        shutil.rmtree(tmp_path / "store", ignore_errors=True)
     got = {(a["serial_number"], a["date"], a["severity"]) for a in alerts}
     assert got == expected
     assert {s for s, d, _ in got if s in early and dt.date.fromisoformat(d) < epoch + dt.timedelta(days=failed[s])}
