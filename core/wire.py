@@ -278,14 +278,7 @@ def _quick(
     model = data.model
     if model is None:
         model = ""
-    if (
-        day is None
-        or not 0 < len(serial) <= MAX_SERIAL_LEN
-        or not serial.isprintable()
-        or serial != serial.strip()
-        or not (serial.isascii() or unicodedata.is_normalized("NFC", serial))
-        or model != model.strip()
-    ):
+    if day is None or not _plain_serial(serial) or model != model.strip():
         return None
     smart = data.smart
     return serial, day, model, [None if (pair := smart.get(attr)) is None else pair[part] for attr, part in ids]
@@ -294,6 +287,16 @@ def _quick(
 def _part(record: TelemetryRecord, attr: str, part: int) -> int | float | None:
     value = record.smart.get(int(attr))
     return None if value is None else value[part]
+
+
+def _plain_serial(serial: str) -> bool:
+    """A serial both fast tiers take as is: what normalising would leave unchanged, within the limit."""
+    return (
+        0 < len(serial) <= MAX_SERIAL_LEN
+        and serial.isprintable()  # also rules out zero-width characters and the BOM
+        and serial == serial.strip()
+        and (serial.isascii() or unicodedata.is_normalized("NFC", serial))
+    )
 
 
 def _fast(
@@ -309,13 +312,7 @@ def _fast(
     if type(data) is not dict or not data.keys() <= _FIELDS:
         return None
     serial = data.get("serial_number")
-    if (
-        type(serial) is not str
-        or not 0 < len(serial) <= MAX_SERIAL_LEN
-        or not serial.isprintable()  # also rules out zero-width characters and the BOM
-        or serial != serial.strip()
-        or not (serial.isascii() or unicodedata.is_normalized("NFC", serial))
-    ):
+    if type(serial) is not str or not _plain_serial(serial):
         return None
     date = data.get("date")
     day = _DAYS.get(date) if type(date) is str else None

@@ -97,30 +97,22 @@ async def connect_and_ensure_topics(
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
 
     servers = settings.kafka_bootstrap_servers
-    unreachable = partial = 0
+    failures = {False: 0, True: 0}  # by "the cluster answered but one broker did not"
     while True:
         try:
             with _quiet_logger("aiokafka"):  # its own 'Unable connect' line would double ours
                 return await ensure_topics(settings)
-        except NodeNotReadyError as exc:
-            partial += 1
-            if partial >= PARTIAL_CLUSTER_ATTEMPTS:
-                raise ServiceUnavailable(
-                    f"Kafka at {servers} (DISKWATCH_KAFKA_BOOTSTRAP_SERVERS) answered, but its brokers kept "
-                    f"refusing requests after {partial} attempts: {exc}"
-                ) from None
-            log.warning("a Kafka broker of %s is not ready (attempt %d/%d, retrying in %.0fs): %s",
-                        servers, partial, PARTIAL_CLUSTER_ATTEMPTS, backoff_s, exc)
-        except (KafkaConnectionError, KafkaTimeoutError, OSError) as exc:
-            unreachable += 1
+        except (NodeNotReadyError, KafkaConnectionError, KafkaTimeoutError, OSError) as exc:
+            partial = isinstance(exc, NodeNotReadyError)
+            failures[partial] += 1
+            limit = PARTIAL_CLUSTER_ATTEMPTS if partial else attempts
+            what = f"a Kafka broker of {servers} is not ready" if partial else f"Kafka is not reachable at {servers}"
             reason = str(exc) or type(exc).__name__
-            if unreachable >= attempts:
+            if failures[partial] >= limit:
                 raise ServiceUnavailable(
-                    f"Kafka is not reachable at {servers} (DISKWATCH_KAFKA_BOOTSTRAP_SERVERS) "
-                    f"after {attempts} attempts: {reason}"
+                    f"{what} (DISKWATCH_KAFKA_BOOTSTRAP_SERVERS) after {limit} attempts: {reason}"
                 ) from None
-            log.warning("Kafka at %s not reachable (attempt %d/%d, retrying in %.0fs): %s",
-                        servers, unreachable, attempts, backoff_s, reason)
+            log.warning("%s (attempt %d/%d, retrying in %.0fs): %s", what, failures[partial], limit, backoff_s, reason)
         await asyncio.sleep(backoff_s)
 
 

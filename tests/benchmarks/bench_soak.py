@@ -146,12 +146,11 @@ def write_dump(drives: int, days: int, root: Path, reuse: Path | None = None) ->
     from diskwatch.training.synth import FleetConfig, write_fleet
 
     dump = root / "dump"
-    if reuse is None:
-        write_fleet(FleetConfig(drives=drives, days=days, start=dt.date(2024, 1, 1), seed=5), dump, progress=False)
-    else:
-        if not (reuse / ".complete").exists():
-            write_fleet(FleetConfig(drives=drives, days=days, start=dt.date(2024, 1, 1), seed=5), reuse, progress=False)
-            (reuse / ".complete").touch()
+    fleet = reuse or dump
+    if not (fleet / ".complete").exists():
+        write_fleet(FleetConfig(drives=drives, days=days, start=dt.date(2024, 1, 1), seed=5), fleet, progress=False)
+        (fleet / ".complete").touch()
+    if reuse is not None:
         dump.mkdir()
         for path in sorted(reuse.glob("*.csv"))[:days]:
             (dump / path.name).symlink_to(path.resolve())
