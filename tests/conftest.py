@@ -37,9 +37,6 @@ import pytest
 
 from diskwatch.core.quiet import quiet_tensorflow
 
-# Before any conftest or test module imports TensorFlow: no banner lines in the test output.
-quiet_tensorflow()
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK = REPO_ROOT / "deploy" / "local" / "stack"
 HOST = "127.0.0.1"
@@ -50,6 +47,10 @@ TEST_REDIS_DB = int(os.environ.get("DISKWATCH_TEST_REDIS_DB", "15"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not _is_xdist_controller(config):
+        # Before any test module imports TensorFlow: no banner lines in the test output. Not in
+        # the xdist controller, which runs no test: its TF import cost ~5 s before any worker started.
+        quiet_tensorflow()
     config.addinivalue_line(
         "markers",
         "integration: needs the local Kafka + Redis started by deploy/local/stack "
@@ -59,6 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return not _is_xdist_worker(config) and bool(getattr(config.option, "numprocesses", None))
 
 
 def worker_namespace() -> str:

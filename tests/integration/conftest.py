@@ -17,10 +17,14 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from diskwatch.models.windows import WindowConfig
-from diskwatch.training.fit import TrainConfig, train
-from diskwatch.training.synth import FleetConfig, write_fleet
-from diskwatch.training.windowstore import WindowStore, build_store
+from diskwatch.core.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # before the imports below load Keras (this conftest may load before tests/conftest.py's hook)
+
+from diskwatch.models.windows import WindowConfig  # noqa: E402
+from diskwatch.training.fit import TrainConfig, train  # noqa: E402
+from diskwatch.training.synth import FleetConfig, write_fleet  # noqa: E402
+from diskwatch.training.windowstore import WindowStore, build_store  # noqa: E402
 
 WINDOW = WindowConfig(window=7, horizon=5, max_gap=2)
 
@@ -152,6 +156,15 @@ def real_bundle(backblaze_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         shutil.rmtree(root / "store", ignore_errors=True)
 
     return build_once(tmp_path_factory, "real-2013-bundle", build, inputs=source)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Worker logs live in pytest's rotating basetemp, not loose in /tmp after every run."""
+    from tests.integration.workers import WorkerProcess
+
+    WorkerProcess.LOG_DIR = tmp_path_factory.mktemp("worker-logs")
+    return WorkerProcess.LOG_DIR
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -114,7 +115,7 @@ class Stream:
             PYTHONUNBUFFERED="1",
         )
         env.update({k: str(v) for k, v in extra.items()})
-        return env
+        return lean_install_env(env)
 
     async def create_topics(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
@@ -215,6 +216,16 @@ class Stream:
         return out
 
 
+LEAN_SITE = REPO_ROOT / "tests" / "lean_site"
+
+
+def lean_install_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a child that runs as the lean worker install: tests/lean_site/sitecustomize.py
+    (first on PYTHONPATH) makes the training-only packages unimportable there."""
+    path = [str(LEAN_SITE), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
+
+
 class WorkerProcess:
     """`python -m diskwatch worker` in a subprocess with the stream's settings.
 
@@ -223,6 +234,9 @@ class WorkerProcess:
     """
 
     RUNNING: ClassVar[list[WorkerProcess]] = []
+    #: Where worker logs go: pytest's basetemp (set by a session fixture), which pytest rotates,
+    #: keeping the last three runs' logs for a post-mortem and deleting older ones.
+    LOG_DIR: ClassVar[Path] = Path(tempfile.gettempdir())
 
     def __init__(self, stream: Stream, bundle: Path, *args: str, **env: Any) -> None:
         self.stream = stream
@@ -230,7 +244,7 @@ class WorkerProcess:
         self.args = args
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(f"/tmp/diskwatch-worker-{stream.tag}-{uuid.uuid4().hex[:6]}.log")
+        self.log = self.LOG_DIR / f"diskwatch-worker-{stream.tag}-{uuid.uuid4().hex[:6]}.log"
 
     def start(self) -> WorkerProcess:
         with self.log.open("wb") as handle:

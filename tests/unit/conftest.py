@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.bundles import write_tiny_bundle
+from diskwatch.core.quiet import quiet_tensorflow
+
+quiet_tensorflow()  # before the Keras import below (this conftest may load before tests/conftest.py's hook)
+
+from tests.unit.bundles import write_tiny_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="session")

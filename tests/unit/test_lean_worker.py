@@ -7,34 +7,29 @@ the cost, so they share it rather than start one each.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-TRAIN_ONLY = ("matplotlib", "keras_tuner", "tensorboard", "xgboost", "sklearn")
+from tests.integration.workers import lean_install_env
 
 NOISE = ("absl::InitializeLog", "oneDNN", "cuInit", "cpu_feature_guard", "cudart_stub")
 
 
 @pytest.fixture(scope="module")
 def worker_side_start() -> subprocess.CompletedProcess[str]:
-    """A fresh interpreter with the training-only packages blocked and TF's log level unset: it
-    quiets TensorFlow, imports the worker's modules (and Keras/TF), runs one op, then warns."""
+    """A fresh interpreter as the lean install (tests/lean_site blocks the training-only packages)
+    with TF's log level unset: it quiets TensorFlow, imports the worker's modules (and Keras/TF),
+    runs one op, then warns."""
     script = textwrap.dedent(
-        f"""
-        import importlib.abc, os, sys, warnings
+        """
+        import os, sys, warnings
+        from sitecustomize import TRAIN_ONLY as BLOCKED  # tests/lean_site, installed at start-up
+        assert type(sys.meta_path[0]).__name__ == "BlockTrainingExtras", sys.meta_path
         os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
-        BLOCKED = {TRAIN_ONLY!r}
-
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED:
-                    raise ImportError(f"{{name}} is training-only")
-                return None
-
-        sys.meta_path.insert(0, Block())
         from diskwatch.core.quiet import quiet_tensorflow
         quiet_tensorflow()
         import diskwatch.stream.app, diskwatch.stream.runner, diskwatch.models.bundle, diskwatch.models.inference
@@ -45,7 +40,8 @@ def worker_side_start() -> subprocess.CompletedProcess[str]:
         warnings.warn("a real warning stays")
         """
     )
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False,
+                          env=lean_install_env(os.environ))
 
 
 def test_stream_side_imports_without_training_extras(worker_side_start: subprocess.CompletedProcess[str]) -> None:
