@@ -433,7 +433,6 @@ def worker(
     score: bool = typer.Option(True, help="--no-score keeps windows but skips inference (benchmarks)."),
 ) -> None:
     """Consume telemetry, keep windows in Redis, score them, publish alerts and dead letters."""
-    quiet_tensorflow()
     import logging
 
     from diskwatch.core.errors import UsageError
@@ -445,7 +444,7 @@ def worker(
     model = model or settings.model_bundle
     if model is None:
         raise UsageError("no model bundle: pass --model DIR or set DISKWATCH_MODEL_BUNDLE")
-    read_manifest(model)
+    read_manifest(model)  # a user's mistake is reported before TensorFlow loads (run_worker quiets and loads it)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if workers > 1:
         raise typer.Exit(run_workers(model, workers, score=score, settings=settings))
