@@ -210,7 +210,7 @@ ONE_WORKER_MODULES = {
     "test_redis_cluster.py", "test_train_evaluate.py", "test_processor.py",
     "test_fleet_io.py",  # its tests stop and restart the one local Alertmanager
     "test_kafka_cluster.py",  # one 3-broker cluster per module, on fixed ports
-    "test_backends.py",  # one TensorFlow and one JAX interpreter score every variant's bundle
+    "test_backends.py",  # one JAX interpreter scores every variant's bundle (module fixture)
     "test_lean_worker.py",  # its two tests read one fresh interpreter's start-up
 }
 

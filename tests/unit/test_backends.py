@@ -17,27 +17,38 @@ from diskwatch.models.bundle import Thresholds, save_bundle
 from diskwatch.models.features import FeatureSpec, ScalerStats
 from diskwatch.models.windows import WindowConfig
 
-SCORE = """
-import json, sys, numpy as np, keras
-from diskwatch.models.bundle import load_bundle
-out = {}
-for path in sys.argv[1:]:
-    b = load_bundle(path)
-    x = np.random.default_rng(0).random((37, b.window.window, b.spec.n_inputs), dtype=np.float32)
-    s = b.scorer().score(x)
-    out[path] = {"backend": keras.backend.backend(), "p": s.probability.tolist(), "e": s.feature_error.tolist()}
-print(json.dumps(out))
-"""
+SCORE = "import json, sys; from tests.unit.test_backends import score_bundles; print(json.dumps(score_bundles(sys.argv[1:])))"
+
+
+def score_bundles(paths: list[str]) -> dict[str, dict]:
+    """Each bundle's scores on 37 fixed random windows, on this process's Keras backend."""
+    import keras
+
+    from diskwatch.models.bundle import load_bundle
+
+    out = {}
+    for path in paths:
+        b = load_bundle(path)
+        x = np.random.default_rng(0).random((37, b.window.window, b.spec.n_inputs), dtype=np.float32)
+        s = b.scorer().score(x)
+        out[path] = {"backend": keras.backend.backend(), "p": s.probability.tolist(), "e": s.feature_error.tolist()}
+    return out
+
 
 VARIANTS = {"plain": False, "window-features+indicators": True}
 
 
-def score_with(backend: str, bundles: list[Path]) -> dict[str, dict]:
-    """Scores of every bundle from one interpreter on ``backend`` (one start-up for all of them)."""
+def score_on(backend: str, bundles: list[Path]) -> subprocess.Popen[str]:
+    """Score every bundle from one fresh interpreter on ``backend`` (one start-up for all of them)."""
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run([sys.executable, "-c", SCORE, *map(str, bundles)], env=env, capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).resolve().parents[2])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([sys.executable, "-c", SCORE, *map(str, bundles)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def scores_of(proc: subprocess.Popen[str]) -> dict[str, dict]:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def write_bundle(out: Path, window_features: bool) -> Path:
@@ -58,7 +69,10 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, di
     """Each variant's bundle scored on TensorFlow and on JAX: two interpreters for all variants, not two each."""
     root = tmp_path_factory.mktemp("backends")
     bundles = {name: write_bundle(root / name, wf) for name, wf in VARIANTS.items()}
-    tf, jx = score_with("tensorflow", list(bundles.values())), score_with("jax", list(bundles.values()))
+    # JAX in its own interpreter while this (TensorFlow) process loads and scores the same files.
+    jax_run = score_on("jax", list(bundles.values()))
+    tf = score_bundles(list(map(str, bundles.values())))
+    jx = scores_of(jax_run)
     return {name: (tf[str(path)], jx[str(path)]) for name, path in bundles.items()}
 
 
