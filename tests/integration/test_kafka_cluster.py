@@ -26,7 +26,7 @@ import pytest
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.conftest import REPO_ROOT, STACK, STACK_UP_TIMEOUT_S, kafka_answers
+from tests.conftest import REPO_ROOT, STACK, STACK_UP_TIMEOUT_S, kafka_answers, stack_env
 from tests.integration.test_worker import free_port, stored_days, wait_for
 from tests.integration.workers import Stream, WorkerProcess, http_get, read_records
 
@@ -119,7 +119,7 @@ def _state(pid: int) -> str:
 @pytest.fixture(scope="module")
 def kafka_cluster() -> Iterator[Cluster]:
     base = int(os.environ.get("DISKWATCH_TEST_CLUSTER_PORT", int(os.environ.get("DISKWATCH_KAFKA_PORT", "9092")) + 200))
-    env = {k: v for k, v in os.environ.items() if k != "DISKWATCH_KAFKA_BROKERS"}
+    env = {k: v for k, v in stack_env().items() if k != "DISKWATCH_KAFKA_BROKERS"}
     env.update(DISKWATCH_KAFKA_PORT=str(base), DISKWATCH_KAFKA_CONTROLLER_PORT=str(base + 1),
                DISKWATCH_KAFKA_HEAP_OPTS=os.environ.get("DISKWATCH_TEST_CLUSTER_HEAP", "-Xms128m -Xmx384m"))
     cluster = Cluster(base, env)
