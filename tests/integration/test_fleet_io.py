@@ -30,6 +30,7 @@ import pytest
 from diskwatch.core.records import Alert, AlertReason, Severity, TelemetryRecord
 from diskwatch.core.settings import Settings
 from diskwatch.route import ALERTNAME, AlertmanagerSettings, route
+from tests.integration.workers import die_with_parent
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -319,7 +320,7 @@ def secured_alertmanager(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
         ["prometheus-alertmanager", f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}", f"--web.config.file={tmp_path / 'web.yml'}",
          "--cluster.listen-address="],
-        stdout=subprocess.DEVNULL, stderr=log,
+        stdout=subprocess.DEVNULL, stderr=log, preexec_fn=die_with_parent,
     )
     url = f"https://127.0.0.1:{port}"
     context = ssl.create_default_context(cafile=str(cert))

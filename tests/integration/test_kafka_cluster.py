@@ -28,7 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import REPO_ROOT, STACK, STACK_UP_TIMEOUT_S, kafka_answers, stack_env
 from tests.integration.test_worker import free_port, stored_days, wait_for
-from tests.integration.workers import Stream, WorkerProcess, http_get, read_records
+from tests.integration.workers import Stream, WorkerProcess, die_with_parent, http_get, read_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka_cluster, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -196,6 +196,7 @@ def test_replay_finishes_and_nothing_is_lost_when_the_partition_leader_is_killed
             replay = subprocess.Popen(
                 [sys.executable, "-m", "diskwatch", "replay", "--data", str(dump), "--speed", "0.5"],
                 cwd=REPO_ROOT, env=stream.env(COLUMNS=200), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         try:
             # Kill partition 0's leader once a few days are in: the replay is mid-stream.

@@ -26,7 +26,7 @@ from diskwatch.models.features import FeatureSpec
 from diskwatch.models.inference import Scores
 from diskwatch.stream.windowstate import DriveState, spec_fingerprint, window_key
 from diskwatch.training.evaluate import score_dump
-from tests.integration.workers import Stream, WorkerProcess, http_get, read_records
+from tests.integration.workers import Stream, WorkerProcess, die_with_parent, http_get, read_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -341,7 +341,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
              "--appendonly", "yes", "--appendfsync", self.fsync],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )
         client = redis.Redis.from_url(self.url)
         wait_for(lambda: _pings(client), 30, "the private Redis to answer")

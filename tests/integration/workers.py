@@ -251,7 +251,7 @@ class WorkerProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "diskwatch", "worker", "--model", str(self.bundle), *self.args],
                 cwd=REPO_ROOT, env=self.stream.env(**self.env), stdout=handle, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
         WorkerProcess.RUNNING.append(self)
         return self
@@ -289,6 +289,20 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a test's child: SIGKILL it when the test process dies, even by SIGKILL.
+
+    A child in its own session outlives a test process that is killed (a CI timeout, ``kill -9``
+    of pytest) and keeps retrying the services; Linux's parent-death signal ends it instead.
+    """
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def session_members(sid: int) -> list[int]:

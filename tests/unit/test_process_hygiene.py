@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import _descendants
 from tests.integration.workers import _signal_group, session_members
@@ -41,3 +42,32 @@ def test_signal_group_of_a_finished_session_touches_nothing() -> None:
     proc.wait(10)
     _signal_group(proc.pid, 9)  # no member left: must not raise nor signal anyone
     assert session_members(proc.pid) == []
+
+
+def test_a_child_started_with_die_with_parent_ends_when_its_test_process_is_sigkilled() -> None:
+    """``kill -9`` of pytest (a CI timeout) must not leave a worker it started retrying the services."""
+    # The middle process plays the test process: it starts a worker-like child in its own session.
+    script = (
+        "import subprocess, sys, time\n"
+        "from tests.integration.workers import die_with_parent\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True,\n"
+        "                     preexec_fn=die_with_parent)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    middle = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        child = int(middle.stdout.readline())
+        assert session_members(child) == [child]  # alive, in its own session
+        middle.kill()
+        middle.wait(10)
+        for _ in range(100):
+            if not session_members(child):
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+        assert session_members(child) == [], "the child outlived its SIGKILLed parent"
+    finally:
+        if middle.poll() is None:
+            middle.kill()
+            middle.wait(10)
