@@ -365,9 +365,9 @@ def redis_answers(host: str, port: int, timeout: float = 3.0) -> bool:
         return False
 
 
-def stack_env(**overrides: str) -> dict[str, str]:
+def stack_env() -> dict[str, str]:
     """Environment for deploy/local/stack run by the tests: the test brokers' JVM flags unless set."""
-    return {"DISKWATCH_KAFKA_JVM_OPTS": TEST_KAFKA_JVM_OPTS, **os.environ, **overrides}
+    return {"DISKWATCH_KAFKA_JVM_OPTS": TEST_KAFKA_JVM_OPTS, **os.environ}
 
 
 def _stack(*args: str) -> str:
