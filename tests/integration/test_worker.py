@@ -6,9 +6,11 @@ import asyncio
 import datetime as dt
 import functools
 import json
+import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -26,7 +28,14 @@ from diskwatch.models.features import FeatureSpec
 from diskwatch.models.inference import Scores
 from diskwatch.stream.windowstate import DriveState, spec_fingerprint, window_key
 from diskwatch.training.evaluate import score_dump
-from tests.integration.workers import Stream, WorkerProcess, die_with_parent, http_get, read_records
+from tests.integration.workers import (
+    Stream,
+    WorkerProcess,
+    die_with_parent,
+    http_get,
+    read_records,
+    session_members,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -451,6 +460,51 @@ def test_two_workers_share_four_partitions_and_survive_rebalance(
         cleanup(sync_redis, stream)
     keys = Counter(x["idempotency_key"] for x in alerts)
     assert not [k for k, n in keys.items() if n > 1]
+
+
+def test_workers_2_starts_two_consumers_that_split_the_partitions_and_stop_on_sigterm(
+    kafka_bootstrap: str, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_bundle: Path,
+) -> None:
+    """`diskwatch worker --workers 2`: one supervisor, two children in one group (metrics on PORT and
+    PORT + 1), every record stored once, and one SIGTERM stops all of them with exit status 0."""
+    chosen = last_days(sim_fleet, sim_bundle, 100)
+    records = [r for rs in chosen.values() for r in rs]
+    stream = Stream(kafka_bootstrap, redis_url, partitions=4)
+    asyncio.run(stream.create_topics())
+    port = free_port()
+    while not _bindable(port + 1):
+        port = free_port()
+    worker = WorkerProcess(stream, sim_bundle, "--workers", "2", DISKWATCH_METRICS_PORT=port).start()
+    try:
+        def assigned(p: int) -> list[str]:
+            code, body = http_get(f"http://127.0.0.1:{p}/healthz")
+            return json.loads(body)["assigned"] if code == 200 else []
+
+        wait_for(lambda: len(assigned(port)) == 2 and len(assigned(port + 1)) == 2, 120,
+                 "both children to hold 2 of the 4 partitions", worker)
+        assert set(assigned(port)).isdisjoint(assigned(port + 1))
+        asyncio.run(stream.produce_records(records))
+        wait_for(lambda: stored_days(sync_redis, stream, sim_bundle, list(chosen)) == len(records), 120,
+                 "every record stored", worker)
+        wait_for(lambda: stream.total_lag() == 0, 120, "consumer lag 0", worker)
+        assert worker.proc is not None
+        supervisor = worker.proc.pid
+        assert len(session_members(supervisor)) == 3, "the supervisor and its two children"
+        os.kill(supervisor, signal.SIGTERM)  # the supervisor only (Kubernetes signals PID 1): it forwards
+        assert worker.proc.wait(60) == 0, worker.output()[-3000:]
+        wait_for(lambda: session_members(supervisor) == [], 30, "the children to exit with the supervisor", worker)
+    finally:
+        worker.kill()
+        cleanup(sync_redis, stream)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.mark.real_data
