@@ -1,4 +1,4 @@
-"""The worker's side starts lean and quiet: no training-only extra (``diskwatch[train]``) is
+"""The worker's side starts lean and quiet: no package of an extra (``[train]``, ``[jax]``, ``[torch]``) is
 imported, and TensorFlow prints no start-up banner.
 
 Both checks read one fresh interpreter (a module fixture): importing TensorFlow is most of
@@ -21,14 +21,14 @@ NOISE = ("absl::InitializeLog", "oneDNN", "cuInit", "cpu_feature_guard", "cudart
 
 @pytest.fixture(scope="module")
 def worker_side_start() -> subprocess.CompletedProcess[str]:
-    """A fresh interpreter as the lean install (tests/lean_site blocks the training-only packages)
+    """A fresh interpreter as the lean install (tests/lean_site blocks the extras' packages)
     with TF's log level unset: it quiets TensorFlow, imports the worker's modules (and Keras/TF),
     runs one op, then warns."""
     script = textwrap.dedent(
         """
         import os, sys, warnings
-        from sitecustomize import TRAIN_ONLY as BLOCKED  # tests/lean_site, installed at start-up
-        assert type(sys.meta_path[0]).__name__ == "BlockTrainingExtras", sys.meta_path
+        from sitecustomize import NOT_INSTALLED as BLOCKED  # tests/lean_site, installed at start-up
+        assert type(sys.meta_path[0]).__name__ == "BlockExtras", sys.meta_path
         os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
         from diskwatch.core.quiet import quiet_tensorflow
         quiet_tensorflow()
@@ -45,7 +45,7 @@ def worker_side_start() -> subprocess.CompletedProcess[str]:
 
 
 def test_stream_side_imports_without_training_extras(worker_side_start: subprocess.CompletedProcess[str]) -> None:
-    """Block the training-only packages; the worker's modules (and Keras/TF) must still import."""
+    """Block the extras' packages; the worker's modules (and Keras/TF) must still import."""
     assert worker_side_start.returncode == 0, worker_side_start.stderr[-3000:]
     assert "LOADED []" in worker_side_start.stdout
 

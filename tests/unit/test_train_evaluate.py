@@ -31,12 +31,19 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(fleet: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def windows_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One window-store cache for the module: stores are keyed by dump, window and seed, so a test
+    that asks for the same windows reuses them instead of building them again."""
+    return tmp_path_factory.mktemp("windows")
+
+
+@pytest.fixture(scope="module")
+def trained(fleet: Path, windows_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     bundle = tmp_path_factory.mktemp("model") / "bundle"
     result = CliRunner().invoke(app, [
         "train", "--data", str(fleet), "--out", str(bundle), "--window", "7", "--horizon", "5",
         "--epochs", "2", "--width", "8", "--depth", "1", "--batch-size", "64",
-        "--cache", str(bundle.parent / "cache"), "--seed", "1",
+        "--cache", str(windows_cache), "--seed", "1",
     ])
     assert result.exit_code == 0, result.output
     return bundle
@@ -112,13 +119,14 @@ def test_feature_vectors_agree_on_real_rows(backblaze_dir: Path) -> None:
         np.testing.assert_array_equal(vector, matrix[i])
 
 
-def test_train_with_classifier_seeds_saves_one_averaged_classifier(fleet: Path, tmp_path: Path) -> None:
+def test_train_with_classifier_seeds_saves_one_averaged_classifier(fleet: Path, windows_cache: Path,
+                                                                  tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     result = CliRunner().invoke(app, [
         "train", "--data", str(fleet), "--out", str(bundle), "--window", "7", "--horizon", "5",
         "--epochs", "1", "--width", "8", "--depth", "1", "--batch-size", "64", "--classifier-seeds", "2",
         "--hard-negative-share", "0.5", "--classifier-min-lead", "1",
-        "--no-rul", "--no-xgboost", "--cache", str(tmp_path / "cache"), "--seed", "1",
+        "--no-rul", "--no-xgboost", "--cache", str(windows_cache), "--seed", "1",
     ])
     assert result.exit_code == 0, result.output
     loaded = load_bundle(bundle)
