@@ -14,8 +14,8 @@ with ``-m "not integration"``.
 A run cleans up after itself: the controlling pytest process (the only one without
 ``-n``; the xdist controller with it) notes at start which services answer and which test
 topics, consumer groups and Redis keys exist, and at the very end deletes the topics and groups
-named ``test-*`` / ``diskwatch-test-*`` and the ``test:*`` keys of the test DB that the run
-created, then stops the services the run started. Fixtures in xdist workers may start a
+named ``test-<run>-*`` / ``diskwatch-test-<run>-*`` and the ``test:<run>:*`` keys of the test DB
+that the run created (``<run>``: :data:`TEST_RUN`, so a run beside it keeps its own), then stops the services the run started. Fixtures in xdist workers may start a
 service (under a file lock) but never stop one, so no worker pulls the stack from under another.
 """
 
@@ -75,9 +75,13 @@ def worker_namespace() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+#: One token per test run (made in the controller, inherited by the xdist workers through the
+#: environment): part of the name of every topic, consumer group and Redis key a test creates, so
+#: the cleanup at the end deletes this run's and never those of a run going on beside it.
+TEST_RUN = os.environ.setdefault("DISKWATCH_TEST_RUN", uuid.uuid4().hex[:6])
 # Names of what tests create on the shared services (see the module docstring).
-TEST_TOPIC = re.compile(r"^(test-|diskwatch-test-)")
-TEST_KEY_PATTERN = "test:*"
+TEST_TOPIC = re.compile(rf"^(test-|diskwatch-test-){TEST_RUN}-")
+TEST_KEY_PATTERN = f"test:{TEST_RUN}:*"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -448,13 +452,13 @@ def _slug(text: str, limit: int = 40) -> str:
 @pytest.fixture
 def unique_topic(request: pytest.FixtureRequest) -> str:
     """A Kafka topic name no other test (or earlier run) has used: test-<testname>-<uuid>."""
-    return f"test-{worker_namespace()}-{_slug(request.node.name)}-{uuid.uuid4().hex[:12]}"
+    return f"test-{TEST_RUN}-{worker_namespace()}-{_slug(request.node.name)}-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
 def redis_prefix(request: pytest.FixtureRequest) -> str:
     """Unique key prefix for this test; keys under it are deleted by the redis client fixtures."""
-    return f"test:{worker_namespace()}:{_slug(request.node.name)}:{uuid.uuid4().hex[:12]}:"
+    return f"test:{TEST_RUN}:{worker_namespace()}:{_slug(request.node.name)}:{uuid.uuid4().hex[:12]}:"
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from diskwatch.core.records import TelemetryRecord
 from diskwatch.models.bundle import load_bundle
 from diskwatch.stream.processor import BatchProcessor, InMessage
 from diskwatch.stream.windowstate import WindowState
+from tests.conftest import TEST_RUN
 from tests.integration.workers import read_records
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -27,7 +28,7 @@ async def process(bundle_path: Path, redis_url: str, messages: list[InMessage]) 
     """(windows scored per serial, dead letters, unscored) after one batch."""
     bundle = load_bundle(bundle_path)
     client = aioredis.from_url(redis_url)
-    prefix = f"test:devtype:{uuid.uuid4().hex[:8]}"
+    prefix = f"test:{TEST_RUN}:devtype:{uuid.uuid4().hex[:8]}"
     state = WindowState(client, bundle.spec, prefix=prefix, keep_days=bundle.window.window + bundle.window.max_gap,
                         ttl_seconds=600)
     try:

@@ -28,6 +28,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from tests.conftest import TEST_RUN
+
 pytestmark = pytest.mark.integration
 
 N = 60
@@ -57,7 +59,7 @@ async def _list_topics(bootstrap: str) -> set[str]:
 def test_faust_agent_consumes_all(kafka_bootstrap: str, unique_topic: str, source_topic: str) -> None:
     async def scenario() -> None:
         declared = source_topic == "declared"
-        app_id = f"diskwatch-test-{uuid.uuid4().hex[:10]}"
+        app_id = f"diskwatch-test-{TEST_RUN}-{uuid.uuid4().hex[:10]}"
         extra = {} if declared else {"consumer_metadata_max_age_ms": 1000}  # see module docstring
         app = faust.App(
             app_id,

@@ -17,6 +17,7 @@ from diskwatch.core.records import TelemetryRecord
 from diskwatch.models.bundle import load_bundle
 from diskwatch.stream.processor import BatchProcessor, InMessage
 from diskwatch.stream.windowstate import WindowState
+from tests.conftest import TEST_RUN
 from tests.integration.workers import read_records
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -26,7 +27,7 @@ async def run(bundle_path: Path, redis_url: str, records: list[TelemetryRecord],
               messages: list[InMessage] | None = None, ahead: bool = False) -> tuple[list, list, dict]:
     bundle = load_bundle(bundle_path)
     client = aioredis.from_url(redis_url)
-    prefix = f"test:proc:{uuid.uuid4().hex[:8]}"
+    prefix = f"test:{TEST_RUN}:proc:{uuid.uuid4().hex[:8]}"
     state = WindowState(client, bundle.spec, prefix=prefix, keep_days=bundle.window.window + bundle.window.max_gap,
                         ttl_seconds=600)
     processor = BatchProcessor(bundle, state)
@@ -105,7 +106,7 @@ def test_replayed_batch_after_crash_rescores_without_losing_alerts(
     async def scenario() -> tuple[list, list]:
         bundle = load_bundle(sim_bundle)
         client = aioredis.from_url(redis_url)
-        prefix = f"test:proc:{uuid.uuid4().hex[:8]}"
+        prefix = f"test:{TEST_RUN}:proc:{uuid.uuid4().hex[:8]}"
         state = WindowState(client, bundle.spec, prefix=prefix, keep_days=9, ttl_seconds=600)
         msgs = [InMessage(r.to_json()) for r in records]
         try:

@@ -25,6 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
 from diskwatch.core.records import TelemetryRecord
+from tests.conftest import TEST_RUN
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,23 +80,23 @@ class Stream:
 
     @property
     def telemetry(self) -> str:
-        return f"test-telemetry-{self.tag}"
+        return f"test-{TEST_RUN}-telemetry-{self.tag}"
 
     @property
     def alerts(self) -> str:
-        return f"test-alerts-{self.tag}"
+        return f"test-{TEST_RUN}-alerts-{self.tag}"
 
     @property
     def dlq(self) -> str:
-        return f"test-dlq-{self.tag}"
+        return f"test-{TEST_RUN}-dlq-{self.tag}"
 
     @property
     def prefix(self) -> str:
-        return f"test:{self.tag}"
+        return f"test:{TEST_RUN}:{self.tag}"
 
     @property
     def group(self) -> str:
-        return f"test-group-{self.tag}"
+        return f"test-{TEST_RUN}-group-{self.tag}"
 
     def env(self, **extra: Any) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISKWATCH_")}
