@@ -230,6 +230,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist must still run
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """``--dist loadgroup`` with the groups above, decided from node ids in the controller.
 
