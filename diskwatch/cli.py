@@ -215,6 +215,11 @@ def synth(
     console.print(table)
 
 
+#: ``--data`` of the commands that train (train, compare, tune).
+TRAINING_DATA_HELP = ("Backblaze dump (CSV folder, zip, folder of zips) or a window store; repeat for extra dumps "
+                      "(the first one is split into train/val/test, drives only in the others train).")
+
+
 def _store_for(
     data: Path | list[Path], window: WindowArgs, cache: Path | None, seed: int, healthy_fraction: float
 ) -> Path:
@@ -259,8 +264,7 @@ def _tree_stamp(path: Path) -> list[tuple[str, int, int]]:
 
 @app.command()
 def train(
-    data: list[Path] = typer.Option(..., "--data", help="Backblaze dump (CSV folder, zip, folder of zips) or a window store; repeat for extra dumps "
-                                  "(the first one is split into train/val/test, drives only in the others train)."),
+    data: list[Path] = typer.Option(..., "--data", help=TRAINING_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Model bundle directory to write."),
     window: int = typer.Option(WINDOW_DAYS, help="S: days per window."),
     horizon: int = typer.Option(HORIZON_DAYS, help="L: predict failure within L days."),
@@ -354,8 +358,7 @@ def evaluate(
 
 @app.command()
 def compare(
-    data: list[Path] = typer.Option(..., "--data", help="Backblaze dump (CSV folder, zip, folder of zips) or a window store; repeat for extra dumps "
-                                  "(the first one is split into train/val/test, drives only in the others train)."),
+    data: list[Path] = typer.Option(..., "--data", help=TRAINING_DATA_HELP),
     time_split: str = typer.Option(..., "--time-split", help="Train before this day, test from it."),
     variants: str = typer.Option(
         "lstm,lstm+ind,lstm+ind+wf,gru+ind+wf,rnn+ind+wf,cnn-lstm+ind+wf,mlp+ind,ae-lstm+ind,ae-conv+ind,"
@@ -391,8 +394,7 @@ def compare(
 
 @app.command()
 def tune(
-    data: list[Path] = typer.Option(..., "--data", help="Backblaze dump (CSV folder, zip, folder of zips) or a window store; repeat for extra dumps "
-                                  "(the first one is split into train/val/test, drives only in the others train)."),
+    data: list[Path] = typer.Option(..., "--data", help=TRAINING_DATA_HELP),
     out: Path = typer.Option(Path("runs/tune"), "--out", help="Folder for the search state and results.json."),
     time_split: str | None = typer.Option(None, "--time-split", help="Train before this day, judge on the "
                                           "validation split after it."),

@@ -12,7 +12,6 @@ Select with ``-m kafka_cluster``; it needs ~1.5 GB of memory for the three broke
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -27,8 +26,8 @@ import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import REPO_ROOT, STACK, STACK_UP_TIMEOUT_S, kafka_answers, stack_env
-from tests.integration.test_worker import free_port, stored_days, wait_for
-from tests.integration.workers import Stream, WorkerProcess, die_with_parent, http_get, read_records
+from tests.integration.test_worker import assigned, free_port, stored_days, wait_for
+from tests.integration.workers import Stream, WorkerProcess, die_with_parent, read_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka_cluster, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -158,12 +157,7 @@ def start_consuming_worker(stream: Stream, bundle: Path, **env: object) -> Worke
     port = free_port()
     worker = WorkerProcess(stream, bundle, DISKWATCH_METRICS_PORT=port, DISKWATCH_KAFKA_SESSION_TIMEOUT_S=10,
                            **env).start()
-
-    def assigned() -> int:
-        code, body = http_get(f"http://127.0.0.1:{port}/healthz")
-        return len(json.loads(body)["assigned"]) if code == 200 else 0
-
-    wait_for(lambda: assigned() == stream.partitions, 180, "the worker to hold every partition", worker)
+    wait_for(lambda: len(assigned(port)) == stream.partitions, 180, "the worker to hold every partition", worker)
     return worker
 
 

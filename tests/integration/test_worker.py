@@ -40,6 +40,12 @@ from tests.integration.workers import (
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
+def assigned(port: int) -> list[str]:
+    """The partitions a worker's /healthz says it holds (none while it does not answer 200)."""
+    code, body = http_get(f"http://127.0.0.1:{port}/healthz")
+    return json.loads(body)["assigned"] if code == 200 else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -435,10 +441,6 @@ def test_two_workers_share_four_partitions_and_survive_rebalance(
         asyncio.run(stream.produce_records(records[:half]))
         b = WorkerProcess(stream, sim_bundle, DISKWATCH_METRICS_PORT=port_b).start()
 
-        def assigned(port: int) -> list[str]:
-            code, body = http_get(f"http://127.0.0.1:{port}/healthz")
-            return json.loads(body)["assigned"] if code == 200 else []
-
         wait_for(lambda: len(assigned(port_a)) == 2 and len(assigned(port_b)) == 2, 120,
                  "the group to split 4 partitions 2+2", b)
 
@@ -476,10 +478,6 @@ def test_workers_2_starts_two_consumers_that_split_the_partitions_and_stop_on_si
         port = free_port()
     worker = WorkerProcess(stream, sim_bundle, "--workers", "2", DISKWATCH_METRICS_PORT=port).start()
     try:
-        def assigned(p: int) -> list[str]:
-            code, body = http_get(f"http://127.0.0.1:{p}/healthz")
-            return json.loads(body)["assigned"] if code == 200 else []
-
         wait_for(lambda: len(assigned(port)) == 2 and len(assigned(port + 1)) == 2, 120,
                  "both children to hold 2 of the 4 partitions", worker)
         assert set(assigned(port)).isdisjoint(assigned(port + 1))
