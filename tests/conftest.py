@@ -104,7 +104,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     distributed = session.config.pluginmanager.hasplugin("dsession")
     if _is_xdist_worker(session.config) or not distributed:
         _fail_on_leftover_processes(session)
-    if _is_xdist_worker(session.config) or _BEFORE not in session.config.stash:
+    if _is_xdist_worker(session.config):
+        return
+    _fail_on_litter(session)
+    if _BEFORE not in session.config.stash:
         return
     before = session.config.stash[_BEFORE]
     removed: dict[str, int] = {}
@@ -316,6 +319,29 @@ def _fail_on_leftover_processes(session: pytest.Session) -> None:
     message = f"{len(left)} process(es) left running by the tests were killed:\n{lines}"
     if reporter is not None:
         reporter.write_line("")
+        reporter.write_line(message, red=True)
+    else:
+        print(message)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _fail_on_litter(session: pytest.Session) -> None:
+    """Fail the run if a test wrote into the work tree (and remove what it wrote).
+
+    Every name a test makes carries :data:`TEST_RUN`, so a file or folder with it in the
+    repository root is this run's litter — e.g. a faust app without ``datadir`` makes
+    ``./<app id>-data`` there. Tests write under pytest's ``tmp_path`` instead.
+    """
+    import shutil
+
+    litter = sorted(p for p in REPO_ROOT.iterdir() if TEST_RUN in p.name)
+    if not litter:
+        return
+    for path in litter:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    message = "\nthe tests left files in the work tree (removed): " + ", ".join(p.name for p in litter)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
         reporter.write_line(message, red=True)
     else:
         print(message)

@@ -22,6 +22,7 @@ import asyncio
 import json
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import faust
 import pytest
@@ -56,7 +57,9 @@ async def _list_topics(bootstrap: str) -> set[str]:
 
 
 @pytest.mark.parametrize("source_topic", ["declared", "auto-created"])
-def test_faust_agent_consumes_all(kafka_bootstrap: str, unique_topic: str, source_topic: str) -> None:
+def test_faust_agent_consumes_all(
+    kafka_bootstrap: str, unique_topic: str, source_topic: str, tmp_path: Path
+) -> None:
     async def scenario() -> None:
         declared = source_topic == "declared"
         app_id = f"diskwatch-test-{TEST_RUN}-{uuid.uuid4().hex[:10]}"
@@ -65,6 +68,7 @@ def test_faust_agent_consumes_all(kafka_bootstrap: str, unique_topic: str, sourc
             app_id,
             broker=f"kafka://{kafka_bootstrap}",
             store="memory://",
+            datadir=str(tmp_path / "faust"),  # faust's default is ./{id}-data in the work tree
             web_enabled=False,
             topic_partitions=1,
             topic_replication_factor=1,
