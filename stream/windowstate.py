@@ -1,4 +1,4 @@
-"""Each drive's recent days in Redis: one binary value per serial, two cheap calls per batch.
+"""Each drive's recent days in Redis: one binary value per serial, a few cheap calls per batch.
 
 Key: ``{prefix}:w2:{spec}:{{serial}}`` — ``w2`` is the format version (the
 hash-per-drive format of before is not migrated; its keys expire by TTL), the
@@ -32,8 +32,12 @@ with a wrong clock: issue #12.1) is kept aside, unconfirmed, and erases
 nothing; a second report near it confirms it and the window moves on. At most
 ``PARKED`` such lone days are kept per drive (the nearest ones).
 
-Marks (window ending on a day scored, debounce severity) live in the same value
-and go through the same compare-and-set. The batch's applied Kafka offsets are
+Marks (window ending on a day scored, debounce severity) live in the same value.
+They are written after the batch's alerts are acked, as an in-place patch of the
+value's head (header, model, days, marks: ~1/10 of the value) that applies only
+if the head is byte for byte the one this worker's ingest just wrote — no read,
+no rewrite of the vectors; a head that changed meanwhile (another writer) falls
+back to read, mark, compare-and-set. The batch's applied Kafka offsets are
 written in the same script call as the marks (see :meth:`WindowState.mark`).
 """
 
@@ -49,12 +53,28 @@ import numpy as np
 
 from diskwatch.models.features import FeatureSpec
 
-# KEYS: window keys, then optionally the applied-offsets hash. ARGV: ttl, number of
-# window keys, one blob of (expected version u64 — 0: no value —, length u32, new value)
-# per window key (one argument, not 2 per key: redis-py packs each argument in Python),
-# then (partition, offset, offset this worker last recorded there or -1) triples for the
-# offsets hash. Reply: 1 written / 0 refused per key, then (partition, stored offset) for each
-# partition whose stored offset went back (Redis lost acknowledged writes: not updated).
+# Both scripts: KEYS: window keys, then optionally the applied-offsets hash. ARGV: ttl, number
+# of window keys, one blob of per-key items (one argument, not 2 per key: redis-py packs each
+# argument in Python), then (partition, offset, offset this worker last recorded there or -1)
+# triples for the offsets hash. Reply: 1 written / 0 refused per key, then (partition, stored
+# offset) for each partition whose stored offset went back (Redis lost acknowledged writes: not
+# updated).
+_OFFSETS_LUA = """
+if #KEYS > n then
+  for a = 4, #ARGV, 3 do
+    local cur = tonumber(redis.call('HGET', KEYS[n + 1], ARGV[a]) or '-1')
+    if cur < tonumber(ARGV[a + 2]) then
+      out[#out + 1] = tonumber(ARGV[a])  -- Redis lost writes it had acknowledged: say from where
+      out[#out + 1] = cur
+    elseif tonumber(ARGV[a + 1]) > cur then
+      redis.call('HSET', KEYS[n + 1], ARGV[a], ARGV[a + 1])
+    end
+  end
+end
+return out
+"""
+
+# Whole values. Item: expected version u64 (0: no value), length u32, the new value.
 CAS_LUA = """
 local ttl = ARGV[1]
 local n = tonumber(ARGV[2])
@@ -75,23 +95,34 @@ for k = 1, n do
   end
   pos = pos + 12 + len
 end
-if #KEYS > n then
-  for a = 4, #ARGV, 3 do
-    local cur = tonumber(redis.call('HGET', KEYS[n + 1], ARGV[a]) or '-1')
-    if cur < tonumber(ARGV[a + 2]) then
-      out[#out + 1] = tonumber(ARGV[a])  -- Redis lost writes it had acknowledged: say from where
-      out[#out + 1] = cur
-    elseif tonumber(ARGV[a + 1]) > cur then
-      redis.call('HSET', KEYS[n + 1], ARGV[a], ARGV[a + 1])
-    end
+""" + _OFFSETS_LUA
+
+# Marks: a value's head (header, model, days, scored marks; the vectors stay) is replaced only if
+# it is byte for byte the head this worker wrote. Item: head length u16, the expected head, the new
+# head (same length). A whole-head compare, not only the version: a head that matches holds
+# exactly the days the marks were computed for, whoever wrote it (versions restart when Redis
+# loses a key). SETRANGE keeps the TTL.
+MARK_LUA = """
+local n = tonumber(ARGV[2])
+local blob = ARGV[3]
+local out = {}
+local pos = 1
+for k = 1, n do
+  local len = struct.unpack('<I2', blob, pos)
+  if redis.call('GETRANGE', KEYS[k], 0, len - 1) == string.sub(blob, pos + 2, pos + 1 + len) then
+    redis.call('SETRANGE', KEYS[k], 0, string.sub(blob, pos + 2 + len, pos + 1 + 2 * len))
+    out[k] = 1
+  else
+    out[k] = 0
   end
+  pos = pos + 2 + 2 * len
 end
-return out
-"""
+""" + _OFFSETS_LUA
 
 HEADER = struct.Struct("<QHHbB")
 _CAS_ITEM = struct.Struct("<QI")
 _CAS_HEADER = struct.Struct("<QIQHHbB")  # a CAS item's prefix and the value's header, packed at once
+_MARK_ITEM = struct.Struct("<H")
 PARKED = 4
 
 
@@ -255,6 +286,10 @@ class WindowState:
         self.keep_days = keep_days
         self.ttl_seconds = ttl_seconds
         self._cas = redis.register_script(CAS_LUA)
+        self._mark = redis.register_script(MARK_LUA)
+        # Per serial, the head (see MARK_LUA) of the value this worker last wrote in ingest(): the
+        # marks that follow patch it in place instead of reading and rewriting the whole value.
+        self._heads: dict[str, bytes] = {}
         # redis-py (≤ 8.1) blocks ClusterPipeline.evalsha (redis/redis-py#2914) and a cluster
         # pipeline does not load scripts on its nodes; see _cluster_calls.
         from redis.asyncio.cluster import RedisCluster
@@ -308,20 +343,22 @@ class WindowState:
         return await self._cas_write(keys, parts, applied, topic)
 
     async def _cas_write(self, keys: list[bytes], parts: list[bytes], applied: dict[int, int] | None = None,
-                         topic: str | None = None) -> list[bool]:
-        """The script call of :meth:`write_raw`; ``parts``: (expected u64, length u32, value) per key."""
+                         topic: str | None = None, script: Any = None) -> list[bool]:
+        """One call of ``script`` (default: the whole-value compare-and-set, ``parts`` its items —
+        expected u64, length u32, value — per key), the applied offsets written with it."""
+        script = script or self._cas
         seen = self.last_applied
         marks = [x for p, o in sorted((applied or {}).items()) for x in (p, o, seen.get((topic, p), -1))] if topic else []
         if self._cluster:
             calls = [([k], [self.ttl_seconds, 1, part]) for k, part in zip(keys, parts, strict=True)]
             if marks:
                 calls.append(([self.offsets_key(str(topic))], [self.ttl_seconds, 0, b"", *marks]))
-            replies = await self._cluster_calls(CAS_LUA, self._cas.sha, calls)
+            replies = await self._cluster_calls(script.script, script.sha, calls)
             done = [bool(r[0]) for r in replies[:len(keys)]]
             tail = list(replies[-1]) if marks else []
         else:
             extra = [self.offsets_key(str(topic))] if marks else []
-            reply = await self._cas(keys=keys + extra, args=[self.ttl_seconds, len(keys), b"".join(parts), *marks])
+            reply = await script(keys=keys + extra, args=[self.ttl_seconds, len(keys), b"".join(parts), *marks])
             done = [bool(x) for x in reply[:len(keys)]]
             tail = list(reply[len(keys):])
         self.lost = {int(tail[i]): int(tail[i + 1]) for i in range(0, len(tail), 2)}
@@ -359,12 +396,16 @@ class WindowState:
         added = np.zeros(n, dtype=bool)
         parts: list[_Rows] = []
         todo = np.arange(len(drive_serials))
+        self._heads = {}
         while todo.size:
             keys = [all_keys[i] for i in todo.tolist()]
             stored = _unpack(await self._mget(keys), self.n_features)
             rows = np.flatnonzero(np.isin(row_drive, todo)) if parts else np.arange(n)
             merged, kept, items = self._merge(todo, stored, row_drive[rows], days[rows], vectors[rows], latest_model)
             done = np.asarray(await self._cas_write(keys, items), dtype=bool)
+            for i, ok, item in zip(todo.tolist(), done.tolist(), items, strict=True):
+                if ok:
+                    self._heads[drive_serials[i]] = _head(item)
             ok = np.isin(merged.owner, todo[done])
             added[rows[kept & np.isin(row_drive[rows], todo[done])]] = True
             parts.append(_select(merged, ok, done))
@@ -453,10 +494,19 @@ class WindowState:
         serials = sorted(set(scored) | set(severity))
         if not serials and not (applied and topic):
             return {}
-        todo = serials
         offsets = applied
         lost: dict[int, int] = {}
-        while True:
+        known = [s for s in serials if s in self._heads]
+        todo = [s for s in serials if s not in self._heads]
+        if known:  # usually every serial: the batch's ingest() just wrote them
+            done = await self._mark_heads(known, scored, severity, offsets, topic)
+            if offsets:
+                lost = dict(self.lost)
+            offsets = None
+            todo = sorted(todo + [s for s, ok in zip(known, done, strict=True) if not ok])
+            if not todo:
+                return lost
+        while True:  # a head changed since (another writer), or none known: read, modify, write
             values = await self.read(todo)
             for serial, value in zip(todo, values, strict=True):
                 ends = scored.get(serial)
@@ -471,6 +521,34 @@ class WindowState:
             offsets = None
             if not todo:
                 return lost
+
+    async def _mark_heads(self, serials: list[str], scored: dict[str, list[int]], severity: dict[str, int],
+                          applied: dict[int, int] | None, topic: str | None) -> list[bool]:
+        """Marks as in-place head patches of the values ingest() wrote (see MARK_LUA): no read."""
+        heads = [self._heads[s] for s in serials]
+        meta = [HEADER.unpack_from(h) for h in heads]
+        lens = [m[1] for m in meta]
+        ats = [HEADER.size + m[4] for m in meta]
+        days = np.frombuffer(b"".join(h[a:a + 4 * n] for h, a, n in zip(heads, ats, lens, strict=True)), "<i4")
+        marks = np.frombuffer(b"".join(h[a + 4 * n:a + 5 * n] for h, a, n in zip(heads, ats, lens, strict=True)),
+                              np.uint8)
+        # Rows of window ends scored now: (drive, day) pairs as one int64 each.
+        row_keys = np.repeat(np.arange(len(heads), dtype=np.int64), lens) << 32 | (days.astype(np.int64) & 0xFFFFFFFF)
+        ends = [j << 32 | (int(e) & 0xFFFFFFFF) for j, s in enumerate(serials) for e in scored.get(s, ())]
+        mark_bytes = (marks | np.isin(row_keys, np.asarray(ends, np.int64))).astype(np.uint8).tobytes()
+        starts = np.r_[0, np.cumsum(lens)].tolist()
+        items, new_heads = [], []
+        for j, (serial, head, (version, n, width, level, length)) in enumerate(zip(serials, heads, meta, strict=True)):
+            new = b"".join((HEADER.pack(version + 1, n, width, severity.get(serial, level), length),
+                            head[HEADER.size:ats[j] + 4 * n], mark_bytes[starts[j]:starts[j + 1]]))
+            items.append(_MARK_ITEM.pack(len(head)) + head + new)
+            new_heads.append(new)
+        keys = [self.key(s).encode() for s in serials]
+        done = await self._cas_write(keys, items, applied, topic, script=self._mark)
+        for serial, new, ok in zip(serials, new_heads, done, strict=True):
+            if ok:
+                self._heads[serial] = new
+        return done
 
     async def applied_offsets(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
         """Last offset per partition whose batch Redis holds (none recorded: absent)."""
@@ -561,6 +639,12 @@ def _unpack(blobs: Sequence[bytes | None], n_features: int) -> _Stored:
         np.frombuffer(b"".join(marks), np.uint8),
         np.frombuffer(b"".join(vectors), "<f4").reshape(-1, n_features),
     )
+
+
+def _head(item: bytes) -> bytes:
+    """The head (header, model, days, scored marks) of the value in a compare-and-set item."""
+    n, length = _CAS_HEADER.unpack_from(item)[3::3]
+    return item[_CAS_ITEM.size:_CAS_ITEM.size + HEADER.size + length + 5 * n]
 
 
 def _latest_models(row_drive: np.ndarray, models: Sequence[str], drives: int) -> list[bytes]:

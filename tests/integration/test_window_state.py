@@ -100,6 +100,50 @@ def test_stale_writer_is_refused_and_nothing_is_lost(async_redis: Any, redis_pre
     asyncio.run(scenario())
 
 
+def test_marks_patch_what_ingest_wrote_and_fall_back_when_it_changed(async_redis: Any, redis_prefix: str) -> None:
+    """Marks after ingest: no read; a head changed by another writer (or a key Redis lost and
+    someone rewrote) is refused, then read, marked and written whole — nothing of theirs lost."""
+
+    async def scenario() -> None:
+        async with async_redis(decode_responses=False) as client:
+            prefix = redis_prefix.rstrip(":")
+            a = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
+            b = WindowState(client, SPEC, prefix=prefix, keep_days=30, ttl_seconds=300)
+            reads: list[int] = []
+            mget = a._mget
+
+            async def counted(keys: list[bytes]) -> list[bytes | None]:
+                reads.append(len(keys))
+                return await mget(keys)
+
+            a._mget = counted  # type: ignore[method-assign]
+            x, y, z = rows("X", [1, 2]), rows("Y", [1]), rows("Z", [4])
+            await a.ingest(x[0] + y[0] + z[0], np.r_[x[1], y[1], z[1]], np.r_[x[2], y[2], z[2]], x[3] + y[3] + z[3])
+            await b.ingest(*rows("X", [3]))  # B writes X after A's ingest: A's head of X is stale
+            await client.delete(a.key("Z"))  # Redis lost Z; B rewrites it: same version, other days
+            await b.ingest(*rows("Z", [7]))
+            reads.clear()
+            await a.mark({"X": [2], "Y": [1], "Z": [4]}, {"X": 1, "Y": 2, "Z": 3}, {0: 10}, "t")
+            assert reads == [2]  # Y was patched in place; only X and Z were read back
+            drive = await a.drive("X")
+            assert drive.days == [1, 2, 3] and drive.scored == {2} and drive.severity == 1
+            np.testing.assert_array_equal(drive.vectors[:, 0], [1, 2, 3])
+            drive = await a.drive("Y")
+            assert drive.days == [1] and drive.scored == {1} and drive.severity == 2
+            np.testing.assert_array_equal(drive.vectors, [[1, 101]])
+            drive = await a.drive("Z")  # B's day kept, A's mark of a day it no longer holds dropped
+            assert drive.days == [7] and drive.scored == set() and drive.severity == 3
+            np.testing.assert_array_equal(drive.vectors, [[7, 107]])
+            assert await a.applied_offsets("t", [0]) == {0: 10}  # written once, with the first call
+
+            reads.clear()  # marks again (a retried commit): heads now match the patched values
+            await a.mark({"Y": [1]}, {"Y": 1})
+            assert reads == [] and (await a.drive("Y")).severity == 1
+            assert 0 < await client.ttl(a.key("Y")) <= 300  # patching kept the TTL
+
+    asyncio.run(scenario())
+
+
 def test_one_far_future_day_erases_nothing(async_redis: Any, redis_prefix: str) -> None:
     """Issue #12.1: a lone day years ahead is parked; only a second report near it moves the window."""
 
