@@ -144,6 +144,37 @@ def test_marks_patch_what_ingest_wrote_and_fall_back_when_it_changed(async_redis
     asyncio.run(scenario())
 
 
+def test_marks_in_place_write_the_same_bytes_as_read_mark_write(async_redis: Any, redis_prefix: str) -> None:
+    """The head patch is only a shortcut: byte for byte the value the full path writes."""
+
+    async def scenario() -> None:
+        rng = np.random.default_rng(7)
+        async with async_redis(decode_responses=False) as client:
+            fast = WindowState(client, SPEC, prefix=redis_prefix + "fast", keep_days=6, ttl_seconds=300)
+            full = WindowState(client, SPEC, prefix=redis_prefix + "full", keep_days=6, ttl_seconds=300)
+            models = ["ST4000DM000", "", "HGST HMS5C4040BLE640", "WDC WD30EFRX-68EUZN0 ünï"]
+            for _ in range(6):  # batches: random drives, days (duplicates, late days), marks
+                serials, days = [], []
+                for d in range(int(rng.integers(1, 12))):
+                    n = int(rng.integers(1, 5))
+                    serials += [f"D{d}"] * n
+                    days += rng.integers(0, 20, n).tolist()
+                batch = (serials, np.asarray(days), np.asarray([[x, 100 + x] for x in days], np.float32),
+                         [models[int(rng.integers(0, 4))] for _ in days])
+                for state in (fast, full):
+                    await state.ingest(*batch)
+                marked = sorted(set(serials))[: int(rng.integers(0, len(set(serials)) + 1))]
+                scored = {s: rng.integers(0, 22, int(rng.integers(0, 4))).tolist() for s in marked}
+                severity = {s: int(rng.integers(0, 3)) for s in marked if rng.random() < 0.7}
+                full._heads.clear()  # no head known: read, mark, compare-and-set the whole value
+                await full.mark(scored, severity)
+                await fast.mark(scored, severity)
+                for serial in sorted(set(serials)):
+                    assert await client.get(fast.key(serial)) == await client.get(full.key(serial)), serial
+
+    asyncio.run(scenario())
+
+
 def test_one_far_future_day_erases_nothing(async_redis: Any, redis_prefix: str) -> None:
     """Issue #12.1: a lone day years ahead is parked; only a second report near it moves the window."""
 
