@@ -14,7 +14,7 @@ from diskwatch.core.dumps import DumpFilter
 from diskwatch.core.records import TelemetryRecord
 from diskwatch.core.settings import Settings
 from diskwatch.models.bundle import load_bundle
-from diskwatch.replay import replay
+from diskwatch.replay import PartitionBatches, replay
 from tests.integration.test_worker import alerts_when_drained
 from tests.integration.workers import Stream, WorkerProcess, read_records
 
@@ -46,6 +46,55 @@ def test_replay_delivers_every_row_as_the_record_it_is(kafka_bootstrap: str, red
     assert summary.days == 3 and summary.records == len(expected) == len(messages)
     got = sorted((TelemetryRecord.parse(m) for m in messages), key=lambda r: (r.date, r.serial_number))
     want = sorted((r.model_copy(update={"extra": {}}) for r in expected), key=lambda r: (r.date, r.serial_number))
+    assert got == want
+
+
+async def _placed(bootstrap: str, topic: str, n: int) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Every message of ``topic`` as (key, value) per partition, in offset order."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    out: dict[int, list[tuple[bytes, bytes]]] = {}
+    try:
+        while sum(map(len, out.values())) < n:
+            for tp, records in (await asyncio.wait_for(consumer.getmany(timeout_ms=500), 60)).items():
+                out.setdefault(tp.partition, []).extend((r.key, r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_batches_put_each_serial_where_send_would_in_order(kafka_bootstrap: str, redis_url: str) -> None:
+    """Replay's per-partition batches: the partition aiokafka's send() picks (murmur2 of the key),
+    in the order added, across many batches per partition."""
+    from aiokafka import AIOKafkaProducer
+
+    by_batches, by_send = (Stream(kafka_bootstrap, redis_url, partitions=3) for _ in range(2))
+    messages = [(f"SER{i % 40:03d}".encode(), f"{i:06d}".encode() * 20) for i in range(3000)]
+
+    async def scenario() -> tuple[dict[int, list[tuple[bytes, bytes]]], dict[int, list[tuple[bytes, bytes]]]]:
+        for stream in (by_batches, by_send):
+            await stream.create_topics()
+        # 16 KB batches: ~120 of them for these 360 KB, so batches roll over on every partition.
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_batch_size=16384, linger_ms=5,
+                                    acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            batches = PartitionBatches(producer, by_batches.telemetry,
+                                       list(await producer.partitions_for(by_batches.telemetry)))
+            for key, value in messages:
+                await batches.add(key, value)
+            await batches.flush()
+            await asyncio.gather(*[await producer.send(by_send.telemetry, value=v, key=k) for k, v in messages])
+        finally:
+            await producer.stop()
+        return (await _placed(kafka_bootstrap, by_batches.telemetry, len(messages)),
+                await _placed(kafka_bootstrap, by_send.telemetry, len(messages)))
+
+    got, want = asyncio.run(scenario())
+    assert sorted(got) == [0, 1, 2] and sum(map(len, got.values())) == len(messages)
     assert got == want
 
 
