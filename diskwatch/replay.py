@@ -97,11 +97,11 @@ class PartitionBatches:
     partition in flight (``send_batch`` waits for the one before): that is the backpressure.
     """
 
-    def __init__(self, producer: Any, topic: str, partitions: list[int]) -> None:
+    def __init__(self, producer: Any, topic: str) -> None:
         from aiokafka.partitioner import DefaultPartitioner
 
         self.producer, self.topic = producer, topic
-        self.partitions = sorted(partitions)
+        self.partitions: list[int] = []  # asked on the first message: nothing to send, no metadata
         self._partitioner = DefaultPartitioner()
         self._of_key: dict[bytes, int] = {}  # a fleet repeats its serials every day
         self._open: dict[int, Any] = {}
@@ -116,6 +116,8 @@ class PartitionBatches:
         return partition
 
     async def add(self, key: bytes, value: bytes) -> None:
+        if not self.partitions:
+            self.partitions = sorted(await self.producer.partitions_for(self.topic))
         partition = self.partition(key)
         batch = self._open.get(partition)
         if batch is None:
@@ -179,7 +181,7 @@ async def replay(
 
     loop = asyncio.get_running_loop()
     try:
-        batches = PartitionBatches(producer, topic, list(await producer.partitions_for(topic)))
+        batches = PartitionBatches(producer, topic)
         upcoming = loop.run_in_executor(None, next_day)
         while (item := await upcoming) is not None:
             upcoming = loop.run_in_executor(None, next_day)

@@ -53,7 +53,7 @@ async def bare_batches(settings: Settings, topic: str, messages: list[tuple[byte
     producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", linger_ms=20,
                                 max_batch_size=1 << 20, compression_type="lz4", enable_idempotence=True)
     await producer.start()
-    batches = PartitionBatches(producer, topic, list(await producer.partitions_for(topic)))
+    batches = PartitionBatches(producer, topic)
     started = time.perf_counter()
     for key, value in messages:
         await batches.add(key, value)

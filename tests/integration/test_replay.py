@@ -82,8 +82,7 @@ def test_batches_put_each_serial_where_send_would_in_order(kafka_bootstrap: str,
                                     acks="all", enable_idempotence=True)
         await producer.start()
         try:
-            batches = PartitionBatches(producer, by_batches.telemetry,
-                                       list(await producer.partitions_for(by_batches.telemetry)))
+            batches = PartitionBatches(producer, by_batches.telemetry)
             for key, value in messages:
                 await batches.add(key, value)
             await batches.flush()
@@ -110,6 +109,24 @@ def test_replay_resumes_from_a_day(kafka_bootstrap: str, redis_url: str, sim_fle
     a = asyncio.run(whole.read(whole.telemetry, expect=first.records + rest.records))
     b = asyncio.run(parts.read(parts.telemetry, expect=first.records + rest.records))
     assert a == b and first.days == rest.days == 2
+
+    # Resuming after the last day: nothing to send, so not even the topic's metadata is asked
+    # (with broker auto-creation on, asking would create a topic that nobody wants).
+    absent = Stream(kafka_bootstrap, redis_url)
+    none = asyncio.run(replay(dump, settings_for(absent), filters=DumpFilter(date_from=days[-1] + dt.timedelta(1))))
+    assert none.days == none.records == 0
+    assert absent.telemetry not in asyncio.run(_topics(kafka_bootstrap))
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
 
 
 def test_replay_counts_bad_rows_and_sends_them_to_the_dlq(kafka_bootstrap: str, redis_url: str,
