@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from diskwatch.core.quiet import quiet_tensorflow
+from tests.kafka_admin import delete_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STACK = REPO_ROOT / "deploy" / "local" / "stack"
@@ -172,21 +173,13 @@ def _drop_kafka(topics_before: set[str], groups_before: set[str]) -> dict[str, i
             )
             for chunk in range(0, len(topics), 100):
                 await admin.delete_topics(topics[chunk : chunk + 100])
-            for group in groups:  # aiokafka's admin has no delete_consumer_groups: the raw request
-                await _delete_group(admin, group)
+            for group in groups:
+                await delete_group(admin, group)
         finally:
             await admin.close()
         return {"kafka_topics": len(topics), "consumer_groups": len(groups)}
 
     return asyncio.run(run())
-
-
-async def _delete_group(admin: Any, group: str) -> None:
-    """DeleteGroups (API 42) at the group's coordinator; a group that still has members is left alone."""
-    from aiokafka.protocol.admin import DeleteGroupsRequest
-
-    node = await admin.find_coordinator(group)
-    await admin._send_request_to_node(node, DeleteGroupsRequest([group]))
 
 
 def _redis_inventory() -> set[bytes]:

@@ -17,15 +17,20 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from diskwatch.core.dumps import iter_days
-from diskwatch.core.settings import Settings
-from diskwatch.replay import PartitionBatches, replay, wire_messages
-from diskwatch.training.synth import FleetConfig, write_fleet
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from diskwatch.core.dumps import iter_days  # noqa: E402
+from diskwatch.core.settings import Settings  # noqa: E402
+from diskwatch.replay import PartitionBatches, replay, wire_messages  # noqa: E402
+from diskwatch.training.synth import FleetConfig, write_fleet  # noqa: E402
+from tests.benchmarks.bench_worker import drop_created  # noqa: E402
 
 
 async def bare_producer(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]) -> float:
@@ -74,9 +79,13 @@ def main() -> None:
         write_fleet(FleetConfig(drives=args.drives, days=args.days, start=dt.date(2024, 1, 1), seed=3), dump,
                     progress=False)
         messages = [m for _, table in iter_days(dump, None) for m in wire_messages(table)]
-        bare_s = asyncio.run(bare_producer(settings, f"bench-bare-{uuid.uuid4().hex[:6]}", messages))
-        batches_s = asyncio.run(bare_batches(settings, f"bench-batches-{uuid.uuid4().hex[:6]}", messages))
-        summary = asyncio.run(replay(dump, settings, topic=f"bench-replay-{uuid.uuid4().hex[:6]}"))
+        tag = uuid.uuid4().hex[:6]
+        try:
+            bare_s = asyncio.run(bare_producer(settings, f"bench-replay-{tag}-bare", messages))
+            batches_s = asyncio.run(bare_batches(settings, f"bench-replay-{tag}-batches", messages))
+            summary = asyncio.run(replay(dump, settings, topic=f"bench-replay-{tag}"))
+        finally:
+            asyncio.run(drop_created(tag, **settings.kafka_client_options()))
     bare_rate = len(messages) / bare_s
     print(json.dumps({
         "benchmark": "replay",

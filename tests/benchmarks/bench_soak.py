@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from diskwatch.stream.windowstate import window_key  # noqa: E402
-from tests.benchmarks.bench_worker import free_port, make_bundle, metric  # noqa: E402
+from tests.benchmarks.bench_worker import drop_created, free_port, make_bundle, metric  # noqa: E402
 
 # RSS may grow this much (MiB) from the first sample to the end before the run counts as leaking.
 RSS_GROWTH_BOUND_MB = 150.0
@@ -255,6 +255,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(0, len(keys), 5000):
                 client.delete(*keys[i:i + 5000])
             kafka.close()
+            asyncio.run(drop_created(tag, **settings.kafka_client_options()))  # GBs of records otherwise
     rss_start = samples[0]["rss_mb"] if samples else []
     growth = max((e - s for s, e in zip(rss_start, rss_end, strict=False)), default=0.0)
     done = samples[-1] if samples else {}

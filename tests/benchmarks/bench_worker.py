@@ -46,10 +46,12 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run as a script: tests.kafka_admin
 
 
 def free_port() -> int:
@@ -122,7 +124,7 @@ def _has_lz4() -> bool:
 async def plain_consume(bootstrap: str, topic: str, n: int) -> float:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bench-plain-{uuid.uuid4().hex[:6]}",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"{topic}-plain",
                                 auto_offset_reset="earliest", enable_auto_commit=True, max_poll_records=5000)
     await consumer.start()
     got = 0
@@ -168,7 +170,8 @@ Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False).execute_from
 
 def faust_noop(env: dict[str, str], n: int, timeout: float = 600) -> dict[str, float]:
     """The same faust app settings and batching with an agent that does nothing: the framework's ceiling."""
-    env = {**env, "DISKWATCH_CONSUMER_GROUP": f"bench-noop-{uuid.uuid4().hex[:6]}", "DISKWATCH_METRICS_PORT": "0"}
+    env = {**env, "DISKWATCH_CONSUMER_GROUP": f"{env['DISKWATCH_TOPIC_TELEMETRY']}-noop",
+           "DISKWATCH_METRICS_PORT": "0"}
     out = subprocess.run([sys.executable, "-c", FAUST_NOOP, str(n)], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=timeout, check=False)
     match = re.search(r"NOOP (\d+) ([0-9.e+-]+)$", out.stdout, re.M)  # after faust's terminal codes
@@ -199,7 +202,8 @@ def redis_cpu_s(url: str) -> float:
 def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: float = 900,
                workers: int = 1) -> dict[str, float]:
     port = free_port()
-    env = {**env, "DISKWATCH_METRICS_PORT": str(port), "DISKWATCH_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:6]}",
+    group = f"{env['DISKWATCH_TOPIC_TELEMETRY']}-w{uuid.uuid4().hex[:6]}"  # named after the run: see drop_created
+    env = {**env, "DISKWATCH_METRICS_PORT": str(port), "DISKWATCH_CONSUMER_GROUP": group,
            "DISKWATCH_REDIS_KEY_PREFIX": f"bench:{uuid.uuid4().hex[:6]}"}
     cmd = [sys.executable, "-m", "diskwatch", "worker", "--model", str(bundle), "--workers", str(workers)]
     cmd += [] if score else ["--no-score"]
@@ -233,6 +237,29 @@ def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: 
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+async def drop_created(tag: str, **client: Any) -> None:
+    """Delete the topics and consumer groups a benchmark run created: every name with its ``tag``.
+
+    A benchmark produces millions of records; left on a developer's broker they pile up (gigabytes
+    after a few soak runs). Names carry the run's random tag between dashes, so nothing else matches.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from tests.kafka_admin import delete_group
+
+    ours = re.compile(rf"(^|-){re.escape(tag)}(-|$)").search
+    admin = AIOKafkaAdminClient(**client)  # bootstrap_servers and security, as the other clients
+    await admin.start()
+    try:
+        for group in [g[0] for g in await admin.list_consumer_groups() if ours(g[0])]:
+            await delete_group(admin, group)
+        topics = [t for t in await admin.list_topics() if ours(t)]
+        if topics:
+            await admin.delete_topics(topics)
+    finally:
+        await admin.close()
 
 
 def processor_alone(bundle_path: Path, messages: list[tuple[bytes, bytes]], redis_url: str, batch: int,
@@ -334,38 +361,49 @@ def main() -> None:
         root = Path(tmp)
         bundle = make_bundle(root)
         messages = records(args.drives, args.days, root)
-        topic = f"bench-telemetry-{uuid.uuid4().hex[:6]}"
-        asyncio.run(produce(bootstrap, topic, messages, args.partitions))
-        n = len(messages)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISKWATCH_")}
-        env.update(DISKWATCH_KAFKA_BOOTSTRAP_SERVERS=bootstrap, DISKWATCH_REDIS_URL=redis_url,
-                   DISKWATCH_TOPIC_TELEMETRY=topic, DISKWATCH_TOPIC_ALERTS=f"{topic}-alerts",
-                   DISKWATCH_TOPIC_DEAD_LETTERS=f"{topic}-dlq", DISKWATCH_BATCH_SIZE=str(args.batch_size),
-                   TF_CPP_MIN_LOG_LEVEL="3")
-        plain_s = asyncio.run(plain_consume(bootstrap, topic, n))
-        noop = faust_noop(env, n)
-        no_score = run_worker(bundle, env, n, score=False)
-        redis_bytes = redis_bytes_per_serial(redis_url, no_score["prefix"])
-        scored = run_worker(bundle, env, n, score=True)
-        redis_bytes_per_serial(redis_url, scored["prefix"])
-        engine = engine_vs_raw(bundle, args.batch_size)
-        alone_no_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=False)
-        alone_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=True)
-        # One vs two worker processes on a 4-partition topic (no scoring).
-        wide = f"{topic}-p4"
-        asyncio.run(produce(bootstrap, wide, messages, 4))
-        wide_env = {**env, "DISKWATCH_TOPIC_TELEMETRY": wide}
-        one = run_worker(bundle, wide_env, n, score=False)
-        redis_bytes_per_serial(redis_url, one["prefix"])
-        two = run_worker(bundle, wide_env, n, score=False, workers=2)
-        redis_bytes_per_serial(redis_url, two["prefix"])
+        tag = uuid.uuid4().hex[:6]
+        topic = f"bench-telemetry-{tag}"
+        try:
+            figures = measure(args, bootstrap, redis_url, topic, bundle, messages)
+        finally:
+            asyncio.run(drop_created(tag, **settings.kafka_client_options()))
+    print(json.dumps(figures))
+
+
+def measure(args: argparse.Namespace, bootstrap: str, redis_url: str, topic: str, bundle: Path,
+            messages: list[tuple[bytes, bytes]]) -> dict[str, object]:
+    """Every figure of the benchmark, on ``topic`` and topics named after it."""
+    asyncio.run(produce(bootstrap, topic, messages, args.partitions))
+    n = len(messages)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISKWATCH_")}
+    env.update(DISKWATCH_KAFKA_BOOTSTRAP_SERVERS=bootstrap, DISKWATCH_REDIS_URL=redis_url,
+               DISKWATCH_TOPIC_TELEMETRY=topic, DISKWATCH_TOPIC_ALERTS=f"{topic}-alerts",
+               DISKWATCH_TOPIC_DEAD_LETTERS=f"{topic}-dlq", DISKWATCH_BATCH_SIZE=str(args.batch_size),
+               TF_CPP_MIN_LOG_LEVEL="3")
+    plain_s = asyncio.run(plain_consume(bootstrap, topic, n))
+    noop = faust_noop(env, n)
+    no_score = run_worker(bundle, env, n, score=False)
+    redis_bytes = redis_bytes_per_serial(redis_url, no_score["prefix"])
+    scored = run_worker(bundle, env, n, score=True)
+    redis_bytes_per_serial(redis_url, scored["prefix"])
+    engine = engine_vs_raw(bundle, args.batch_size)
+    alone_no_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=False)
+    alone_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=True)
+    # One vs two worker processes on a 4-partition topic (no scoring).
+    wide = f"{topic}-p4"
+    asyncio.run(produce(bootstrap, wide, messages, 4))
+    wide_env = {**env, "DISKWATCH_TOPIC_TELEMETRY": wide}
+    one = run_worker(bundle, wide_env, n, score=False)
+    redis_bytes_per_serial(redis_url, one["prefix"])
+    two = run_worker(bundle, wide_env, n, score=False, workers=2)
+    redis_bytes_per_serial(redis_url, two["prefix"])
     plain_rate = n / plain_s
     no_score_rate = no_score["records"] / no_score["seconds"]
     score_rate = scored["records"] / scored["seconds"]
     score_windows_rate = scored["windows"] / scored["seconds"]
     steady_windows_rate = scored.get("steady_windows_per_s", 0.0)
     noop_rate = noop["records"] / noop["seconds"]
-    print(json.dumps({
+    return {
         "benchmark": "worker",
         "records": n,
         "drives": args.drives,
@@ -401,7 +439,7 @@ def main() -> None:
         "ratio_two_vs_one_worker": round((two["records"] / two["seconds"]) / (one["records"] / one["seconds"]), 3),
         "targets": {"no_score_vs_plain": 0.25, "processor_alone_no_score_records_per_s": 100_000,
                     "score_steady_vs_engine": 0.6, "engine_vs_raw": 0.9, "redis_bytes_per_serial_max": 1313},
-    }))
+    }
 
 
 if __name__ == "__main__":
