@@ -19,16 +19,20 @@ import datetime as dt
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
-from diskwatch.core.records import Alert, Severity
-from diskwatch.core.settings import Settings
-from diskwatch.core.smartctl import SmartctlError, convert
-from diskwatch.route import AlertmanagerSettings, route
-
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from diskwatch.core.records import Alert, Severity  # noqa: E402
+from diskwatch.core.settings import Settings  # noqa: E402
+from diskwatch.core.smartctl import SmartctlError, convert  # noqa: E402
+from diskwatch.route import AlertmanagerSettings, route  # noqa: E402
+from tests.benchmarks.bench_worker import drop_created  # noqa: E402
+
 SMARTCTL_DIR = Path(os.environ.get("DISKWATCH_SMARTCTL_DATA", REPO.parent / "shared/data/smartctl"))
 
 
@@ -55,11 +59,19 @@ def bench_convert(rounds: int) -> dict[str, float]:
 
 
 async def bench_route(n: int) -> dict[str, float]:
-    from aiokafka import AIOKafkaProducer
 
     settings = Settings()
-    topic = f"bench-route-{uuid.uuid4().hex[:8]}"
     run = uuid.uuid4().hex[:8]
+    topic = f"bench-route-{run}"
+    try:
+        return await _route(settings, topic, run, n)
+    finally:
+        await drop_created(run, **settings.kafka_client_options())
+
+
+async def _route(settings: Settings, topic: str, run: str, n: int) -> dict[str, float]:
+    from aiokafka import AIOKafkaProducer
+
     producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all", linger_ms=20)
     await producer.start()
     now = dt.datetime.now(dt.UTC)
