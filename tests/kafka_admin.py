@@ -14,3 +14,15 @@ async def delete_group(admin: Any, group: str) -> None:
 
     node = await admin.find_coordinator(group)
     await admin._send_request_to_node(node, DeleteGroupsRequest([group]))
+
+
+async def list_topics(bootstrap: str) -> set[str]:
+    """Every topic the broker has now."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()

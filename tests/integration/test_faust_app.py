@@ -27,9 +27,9 @@ from pathlib import Path
 import faust
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import TEST_RUN
+from tests.kafka_admin import list_topics
 
 pytestmark = pytest.mark.integration
 
@@ -45,15 +45,6 @@ async def _wait(predicate, what: str, timeout: float = WAIT_S) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.1)
-
-
-async def _list_topics(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
 
 
 @pytest.mark.parametrize("source_topic", ["declared", "auto-created"])
@@ -97,7 +88,7 @@ def test_faust_agent_consumes_all(
         await app.start()
         try:
             # faust created its internal topics on start (CreateTopics): table changelog, assignor
-            topics = await _list_topics(kafka_bootstrap)
+            topics = await list_topics(kafka_bootstrap)
             assert f"{app_id}-counts-changelog" in topics
             assert f"{app_id}-__assignor-__leader" in topics
             if declared:
@@ -124,7 +115,7 @@ def test_faust_agent_consumes_all(
         finally:
             await app.stop()
 
-        assert unique_topic in await _list_topics(kafka_bootstrap)
+        assert unique_topic in await list_topics(kafka_bootstrap)
         assert len(seen) == N
         assert [m["seq"] for m in seen] == list(range(N))  # one partition: total order preserved
         assert all(1 <= len(b) <= 16 for b in batches)

@@ -17,6 +17,7 @@ from diskwatch.models.bundle import load_bundle
 from diskwatch.replay import PartitionBatches, replay
 from tests.integration.test_worker import alerts_when_drained
 from tests.integration.workers import Stream, WorkerProcess, read_records
+from tests.kafka_admin import list_topics
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -115,18 +116,7 @@ def test_replay_resumes_from_a_day(kafka_bootstrap: str, redis_url: str, sim_fle
     absent = Stream(kafka_bootstrap, redis_url)
     none = asyncio.run(replay(dump, settings_for(absent), filters=DumpFilter(date_from=days[-1] + dt.timedelta(1))))
     assert none.days == none.records == 0
-    assert absent.telemetry not in asyncio.run(_topics(kafka_bootstrap))
-
-
-async def _topics(bootstrap: str) -> set[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
+    assert absent.telemetry not in asyncio.run(list_topics(kafka_bootstrap))
 
 
 def test_replay_counts_bad_rows_and_sends_them_to_the_dlq(kafka_bootstrap: str, redis_url: str,
