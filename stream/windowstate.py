@@ -526,21 +526,20 @@ class WindowState:
                           applied: dict[int, int] | None, topic: str | None) -> list[bool]:
         """Marks as in-place head patches of the values ingest() wrote (see MARK_LUA): no read."""
         heads = [self._heads[s] for s in serials]
-        meta = [HEADER.unpack_from(h) for h in heads]
-        lens = [m[1] for m in meta]
-        ats = [HEADER.size + m[4] for m in meta]
-        days = np.frombuffer(b"".join(h[a:a + 4 * n] for h, a, n in zip(heads, ats, lens, strict=True)), "<i4")
-        marks = np.frombuffer(b"".join(h[a + 4 * n:a + 5 * n] for h, a, n in zip(heads, ats, lens, strict=True)),
-                              np.uint8)
+        stored = _unpack(heads, self.n_features)  # a head holds all but the vectors: those come out empty
         # Rows of window ends scored now: (drive, day) pairs as one int64 each.
-        row_keys = np.repeat(np.arange(len(heads), dtype=np.int64), lens) << 32 | (days.astype(np.int64) & 0xFFFFFFFF)
+        row_keys = np.repeat(np.arange(len(heads), dtype=np.int64), stored.lens) << 32 | (stored.days & 0xFFFFFFFF)
         ends = [j << 32 | (int(e) & 0xFFFFFFFF) for j, s in enumerate(serials) for e in scored.get(s, ())]
-        mark_bytes = (marks | np.isin(row_keys, np.asarray(ends, np.int64))).astype(np.uint8).tobytes()
-        starts = np.r_[0, np.cumsum(lens)].tolist()
+        mark_bytes = (stored.scored | np.isin(row_keys, np.asarray(ends, np.int64))).astype(np.uint8).tobytes()
+        starts = np.r_[0, np.cumsum(stored.lens)].tolist()
         items, new_heads = [], []
-        for j, (serial, head, (version, n, width, level, length)) in enumerate(zip(serials, heads, meta, strict=True)):
-            new = b"".join((HEADER.pack(version + 1, n, width, severity.get(serial, level), length),
-                            head[HEADER.size:ats[j] + 4 * n], mark_bytes[starts[j]:starts[j + 1]]))
+        for j, (serial, head, model) in enumerate(zip(serials, heads, stored.models, strict=True)):
+            n, at = starts[j + 1] - starts[j], HEADER.size + len(model)
+            new = b"".join((
+                HEADER.pack(stored.versions[j] + 1, n, self.n_features, severity.get(serial, stored.severity[j]),
+                            len(model)),
+                head[HEADER.size:at + 4 * n], mark_bytes[starts[j]:starts[j + 1]],
+            ))
             items.append(_MARK_ITEM.pack(len(head)) + head + new)
             new_heads.append(new)
         keys = [self.key(s).encode() for s in serials]
