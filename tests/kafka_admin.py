@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -24,5 +25,26 @@ async def list_topics(bootstrap: str) -> set[str]:
     await admin.start()
     try:
         return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def drop_created(tag: str, **client: Any) -> None:
+    """Delete the topics and consumer groups a benchmark run created: every name with its ``tag``.
+
+    A benchmark produces millions of records; left on a developer's broker they pile up (gigabytes
+    after a few soak runs). Names carry the run's random tag between dashes, so nothing else matches.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    ours = re.compile(rf"(^|-){re.escape(tag)}(-|$)").search
+    admin = AIOKafkaAdminClient(**client)  # bootstrap_servers and security, as the other clients
+    await admin.start()
+    try:
+        for group in [g[0] for g in await admin.list_consumer_groups() if ours(g[0])]:
+            await delete_group(admin, group)
+        topics = [t for t in await admin.list_topics() if ours(t)]
+        if topics:
+            await admin.delete_topics(topics)
     finally:
         await admin.close()

@@ -31,7 +31,7 @@ from diskwatch.core.records import Alert, Severity  # noqa: E402
 from diskwatch.core.settings import Settings  # noqa: E402
 from diskwatch.core.smartctl import SmartctlError, convert  # noqa: E402
 from diskwatch.route import AlertmanagerSettings, route  # noqa: E402
-from tests.benchmarks.bench_worker import drop_created  # noqa: E402
+from tests.kafka_admin import drop_created  # noqa: E402
 
 SMARTCTL_DIR = Path(os.environ.get("DISKWATCH_SMARTCTL_DATA", REPO.parent / "shared/data/smartctl"))
 

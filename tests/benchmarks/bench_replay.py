@@ -30,7 +30,7 @@ from diskwatch.core.dumps import iter_days  # noqa: E402
 from diskwatch.core.settings import Settings  # noqa: E402
 from diskwatch.replay import PartitionBatches, replay, wire_messages  # noqa: E402
 from diskwatch.training.synth import FleetConfig, write_fleet  # noqa: E402
-from tests.benchmarks.bench_worker import drop_created  # noqa: E402
+from tests.kafka_admin import drop_created  # noqa: E402
 
 
 async def bare_producer(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]) -> float:

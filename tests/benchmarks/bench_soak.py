@@ -47,7 +47,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from diskwatch.stream.windowstate import window_key  # noqa: E402
-from tests.benchmarks.bench_worker import drop_created, free_port, make_bundle, metric  # noqa: E402
+from tests.benchmarks.bench_worker import free_port, make_bundle, metric  # noqa: E402
+from tests.kafka_admin import drop_created  # noqa: E402
 
 # RSS may grow this much (MiB) from the first sample to the end before the run counts as leaking.
 RSS_GROWTH_BOUND_MB = 150.0

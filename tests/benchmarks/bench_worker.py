@@ -46,12 +46,13 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script: tests.kafka_admin
+
+from tests.kafka_admin import drop_created  # noqa: E402
 
 
 def free_port() -> int:
@@ -237,29 +238,6 @@ def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: 
     finally:
         proc.terminate()
         proc.wait(30)
-
-
-async def drop_created(tag: str, **client: Any) -> None:
-    """Delete the topics and consumer groups a benchmark run created: every name with its ``tag``.
-
-    A benchmark produces millions of records; left on a developer's broker they pile up (gigabytes
-    after a few soak runs). Names carry the run's random tag between dashes, so nothing else matches.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from tests.kafka_admin import delete_group
-
-    ours = re.compile(rf"(^|-){re.escape(tag)}(-|$)").search
-    admin = AIOKafkaAdminClient(**client)  # bootstrap_servers and security, as the other clients
-    await admin.start()
-    try:
-        for group in [g[0] for g in await admin.list_consumer_groups() if ours(g[0])]:
-            await delete_group(admin, group)
-        topics = [t for t in await admin.list_topics() if ours(t)]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
 
 
 def processor_alone(bundle_path: Path, messages: list[tuple[bytes, bytes]], redis_url: str, batch: int,
