@@ -308,14 +308,7 @@ def _fail_on_leftover_processes(session: pytest.Session) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     lines = "\n".join(f"  pid {pid} (group {pgid}): {cmd}" for pid, (pgid, cmd) in sorted(left.items()))
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    message = f"{len(left)} process(es) left running by the tests were killed:\n{lines}"
-    if reporter is not None:
-        reporter.write_line("")
-        reporter.write_line(message, red=True)
-    else:
-        print(message)
-    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _fail_run(session, f"{len(left)} process(es) left running by the tests were killed:\n{lines}")
 
 
 def _fail_on_litter(session: pytest.Session) -> None:
@@ -332,9 +325,14 @@ def _fail_on_litter(session: pytest.Session) -> None:
         return
     for path in litter:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    message = "\nthe tests left files in the work tree (removed): " + ", ".join(p.name for p in litter)
+    _fail_run(session, "the tests left files in the work tree (removed): " + ", ".join(p.name for p in litter))
+
+
+def _fail_run(session: pytest.Session, message: str) -> None:
+    """Say why in red at the end of the output and make the run fail, whatever the tests did."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
+        reporter.write_line("")
         reporter.write_line(message, red=True)
     else:
         print(message)
