@@ -42,6 +42,7 @@ from diskwatch.stream import metrics
 from diskwatch.stream.windowstate import BatchState, WindowState
 
 T = TypeVar("T")
+Decoded = tuple["PendingBatch", WireBatch, np.ndarray]  # a batch's outputs so far, its rows, their vectors
 # Bundles are trained on Backblaze dumps: ATA/SATA drives only. Records that carry another
 # extra["device_type"] (smartctl's NVMe, SCSI: see core/smartctl.py) are counted and not scored.
 TRAINED_DEVICE_TYPES = frozenset({"ata"})
@@ -80,9 +81,10 @@ class PendingBatch:
 class BatchProcessor:
     """The worker's logic for one batch (see module docstring).
 
-    CPU stages (decoding, window assembly, inference) run on one helper
-    thread so the event loop keeps fetching from Kafka and heartbeating while
-    a batch is scored; Redis calls stay on the loop.
+    Window assembly and inference run on one helper thread so the event loop
+    keeps fetching from Kafka and heartbeating while a batch is scored; Redis
+    calls stay on the loop, and the next batch (:meth:`predecode`) is decoded
+    on the loop while Redis or inference is busy (see stream/overlap.py).
     """
 
     def __init__(
@@ -102,10 +104,12 @@ class BatchProcessor:
         self.config: WindowConfig = bundle.window
         self.score_enabled = score
         self.scorer = bundle.scorer(max_batch=max_batch) if score else None
-        # Dropped with the processor (a hot-swapped bundle's batch in flight keeps it alive).
+        # Inference runs here, so heartbeats and fetches go on meanwhile. Dropped with the processor
+        # (a hot-swapped bundle's batch in flight keeps it alive).
         self._cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diskwatch-batch")
-        # A batch whose decode started early (see predecode), and that decode.
-        self._ahead: tuple[list[InMessage], asyncio.Future[tuple[PendingBatch, WireBatch, np.ndarray]]] | None = None
+        # The next batch (see predecode) and, once decoded, its decode or the error it raised.
+        self._next: list[InMessage] | None = None
+        self._next_decoded: Decoded | Exception | None = None
 
     def warmup(self) -> None:
         if self.scorer is not None:
@@ -115,32 +119,50 @@ class BatchProcessor:
         return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
     def predecode(self, messages: list[InMessage]) -> None:
-        """Start decoding the next batch on the CPU thread now, while the one before waits on Redis
-        and the broker; :meth:`prepare` of this very list uses it (any other list decodes afresh)."""
-        future = asyncio.get_running_loop().run_in_executor(self._cpu, self._decode_fresh, messages)
-        future.add_done_callback(_retrieved)  # a failure is raised by prepare(), or by nobody
-        self._ahead = (messages, future)
+        """Name the next batch: it is decoded while this one waits on Redis or inference, on the
+        event loop's thread (see stream/overlap.py for why not on a thread); :meth:`prepare` of this
+        very list uses that decode (any other list decodes afresh)."""
+        self._next, self._next_decoded = messages, None
+
+    def _decode_next(self) -> None:
+        """Decode the batch named by :meth:`predecode`, if not done yet; never raises (an error is
+        kept for prepare() to raise)."""
+        if self._next is None or self._next_decoded is not None:
+            return
+        try:
+            self._next_decoded = self._decode_fresh(self._next)
+        except Exception as exc:
+            self._next_decoded = exc
+
+    def _decoded(self, messages: list[InMessage]) -> Decoded:
+        """``messages`` decoded: early if they were the named next batch, else now."""
+        named, decoded = self._next, self._next_decoded
+        self._next = self._next_decoded = None  # a batch named but not prepared next was dropped
+        if named is not messages or decoded is None:
+            return self._decode_fresh(messages)
+        if isinstance(decoded, Exception):
+            raise decoded
+        return decoded
 
     async def prepare(self, messages: list[InMessage]) -> PendingBatch:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] is messages:
-            pending, batch, vectors = await ahead[1]
-        else:
-            pending, batch, vectors = await self._off_loop(self._decode_fresh, messages)
+        pending, batch, vectors = self._decoded(messages)
         pending.records = len(batch.serials)
         if not batch.serials:
             _count_in(messages, pending)
             return pending
         started = time.perf_counter()
-        added, state = await self.state.ingest(batch.serials, batch.days, vectors, batch.models)
+        added, state = await self.state.ingest(batch.serials, batch.days, vectors, batch.models,
+                                               meanwhile=self._decode_next)
         metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
         pending.duplicates = int(added.size - added.sum())
-        await self._off_loop(self._score, pending, batch, state)
+        scoring = asyncio.get_running_loop().run_in_executor(self._cpu, self._score, pending, batch, state)
+        self._decode_next()  # inference releases the GIL: the next batch decodes beside it
+        await scoring
         _count_in(messages, pending)
         return pending
 
     def _decode_fresh(self, messages: list[InMessage]) -> tuple[PendingBatch, WireBatch, np.ndarray]:
-        """A new PendingBatch for ``messages``, their offsets noted and decoded (CPU thread)."""
+        """A new PendingBatch for ``messages``, their offsets noted and decoded."""
         pending = PendingBatch()
         _note_offsets(messages, pending)
         batch, vectors = self._decode(messages, pending)
@@ -290,7 +312,8 @@ class BatchProcessor:
 
     async def commit(self, pending: PendingBatch) -> None:
         started = time.perf_counter()
-        pending.lost = await self.state.mark(pending.scored, pending.severity, pending.applied, pending.topic)
+        pending.lost = await self.state.mark(pending.scored, pending.severity, pending.applied, pending.topic,
+                                             meanwhile=self._decode_next)
         metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
 
 
@@ -302,12 +325,6 @@ def _unit(value: Any) -> float:
 def _finite(value: Any) -> float:
     v = float(value)
     return max(v, 0.0) if np.isfinite(v) else 0.0
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    """Mark an early decode's outcome as seen (the batch may be dropped, e.g. by a rebalance)."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _note_offsets(messages: list[InMessage], pending: PendingBatch) -> None:

@@ -45,13 +45,17 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from diskwatch.models.features import FeatureSpec
+from diskwatch.stream.overlap import call_meanwhile
+
+# Work the caller gives a Redis call to run while the server is busy with it (see stream/overlap.py).
+Meanwhile = Callable[[], None] | None
 
 # Both scripts: KEYS: window keys, then optionally the applied-offsets hash. ARGV: ttl, number
 # of window keys, one blob of per-key items (one argument, not 2 per key: redis-py packs each
@@ -328,24 +332,27 @@ class WindowState:
     # --- writes --------------------------------------------------------------
 
     async def write(self, serials: Sequence[str], values: Sequence[Packed],
-                    applied: dict[int, int] | None = None, topic: str | None = None) -> list[bool]:
+                    applied: dict[int, int] | None = None, topic: str | None = None,
+                    meanwhile: Meanwhile = None) -> list[bool]:
         """Compare-and-set each value against the version it was read at (bumped here)."""
         expected = [v.version for v in values]
         for value in values:
             value.version += 1
-        return await self.write_raw(serials, expected, [v.encode() for v in values], applied, topic)
+        return await self.write_raw(serials, expected, [v.encode() for v in values], applied, topic, meanwhile)
 
     async def write_raw(self, serials: Sequence[str], expected: Sequence[int], blobs: Sequence[bytes],
-                        applied: dict[int, int] | None = None, topic: str | None = None) -> list[bool]:
+                        applied: dict[int, int] | None = None, topic: str | None = None,
+                        meanwhile: Meanwhile = None) -> list[bool]:
         """One CAS script call: each encoded value is written only if the stored version is ``expected``."""
         keys = [self.key(s).encode() for s in serials]  # bytes: redis-py passes them through
         parts = [_CAS_ITEM.pack(e, len(b)) + b for e, b in zip(expected, blobs, strict=True)]
-        return await self._cas_write(keys, parts, applied, topic)
+        return await self._cas_write(keys, parts, applied, topic, meanwhile=meanwhile)
 
     async def _cas_write(self, keys: list[bytes], parts: list[bytes], applied: dict[int, int] | None = None,
-                         topic: str | None = None, script: Any = None) -> list[bool]:
+                         topic: str | None = None, script: Any = None, meanwhile: Meanwhile = None) -> list[bool]:
         """One call of ``script`` (default: the whole-value compare-and-set, ``parts`` its items —
-        expected u64, length u32, value — per key), the applied offsets written with it."""
+        expected u64, length u32, value — per key), the applied offsets written with it;
+        ``meanwhile`` runs while Redis executes it (standalone Redis; not on a cluster)."""
         script = script or self._cas
         seen = self.last_applied
         marks = [x for p, o in sorted((applied or {}).items()) for x in (p, o, seen.get((topic, p), -1))] if topic else []
@@ -358,7 +365,8 @@ class WindowState:
             tail = list(replies[-1]) if marks else []
         else:
             extra = [self.offsets_key(str(topic))] if marks else []
-            reply = await script(keys=keys + extra, args=[self.ttl_seconds, len(keys), b"".join(parts), *marks])
+            reply = await self._script(script, keys + extra, [self.ttl_seconds, len(keys), b"".join(parts), *marks],
+                                       meanwhile)
             done = [bool(x) for x in reply[:len(keys)]]
             tail = list(reply[len(keys):])
         self.lost = {int(tail[i]): int(tail[i + 1]) for i in range(0, len(tail), 2)}
@@ -368,17 +376,30 @@ class WindowState:
         self.refused += done.count(False)
         return done
 
+    async def _script(self, script: Any, keys: list[bytes], args: list[Any], meanwhile: Meanwhile) -> Any:
+        """EVALSHA of a registered script; ``meanwhile`` runs once the call is sent."""
+        if meanwhile is not None:
+            from redis.exceptions import NoScriptError
+
+            try:
+                return await call_meanwhile(self.redis, meanwhile, "EVALSHA", script.sha, len(keys), *keys, *args)
+            except NoScriptError:  # a restarted Redis: the Script call below loads it (meanwhile ran)
+                pass
+        return await script(keys=keys, args=args)
+
     async def ingest(
         self,
         serials: Sequence[str],
         days: np.ndarray | Sequence[int],
         vectors: np.ndarray,
         models: Sequence[str],
+        meanwhile: Meanwhile = None,
     ) -> tuple[np.ndarray, BatchState]:
         """Insert one batch of drive-days (``vectors``: ``[n, F]`` float32): one read, one write.
 
         Returns whether each input row was new (a duplicate day is not) and
-        every touched drive's state after all of the batch's writes.
+        every touched drive's state after all of the batch's writes. ``meanwhile``
+        runs while Redis executes the first write (the longest wait of the batch).
         """
         n = len(serials)
         if n == 0:
@@ -402,7 +423,8 @@ class WindowState:
             stored = _unpack(await self._mget(keys), self.n_features)
             rows = np.flatnonzero(np.isin(row_drive, todo)) if parts else np.arange(n)
             merged, kept, items = self._merge(todo, stored, row_drive[rows], days[rows], vectors[rows], latest_model)
-            done = np.asarray(await self._cas_write(keys, items), dtype=bool)
+            done = np.asarray(await self._cas_write(keys, items, meanwhile=meanwhile), dtype=bool)
+            meanwhile = None
             for i, ok, item in zip(todo.tolist(), done.tolist(), items, strict=True):
                 if ok:
                     self._heads[drive_serials[i]] = _head(item)
@@ -484,8 +506,10 @@ class WindowState:
         return keep
 
     async def mark(self, scored: dict[str, list[int]], severity: dict[str, int],
-                   applied: dict[int, int] | None = None, topic: str | None = None) -> dict[int, int]:
-        """Record scored window ends and debounce state (and the batch's applied offsets) in one write.
+                   applied: dict[int, int] | None = None, topic: str | None = None,
+                   meanwhile: Meanwhile = None) -> dict[int, int]:
+        """Record scored window ends and debounce state (and the batch's applied offsets) in one write
+        (``meanwhile`` runs while Redis executes it).
 
         Returns the partitions whose recorded offset went back since this process wrote it
         (Redis lost acknowledged writes in a crash), with the offset Redis still has (−1: none):
@@ -499,7 +523,8 @@ class WindowState:
         known = [s for s in serials if s in self._heads]
         todo = [s for s in serials if s not in self._heads]
         if known:  # usually every serial: the batch's ingest() just wrote them
-            done = await self._mark_heads(known, scored, severity, offsets, topic)
+            done = await self._mark_heads(known, scored, severity, offsets, topic, meanwhile)
+            meanwhile = None
             if offsets:
                 lost = dict(self.lost)
             offsets = None
@@ -514,7 +539,8 @@ class WindowState:
                     value.scored = value.scored | np.isin(value.days, ends).astype(np.uint8)
                 if serial in severity:
                     value.severity = int(severity[serial])
-            done = await self.write(todo, values, offsets, topic)
+            done = await self.write(todo, values, offsets, topic, meanwhile)
+            meanwhile = None
             if offsets:
                 lost = dict(self.lost)
             todo = [s for s, ok in zip(todo, done, strict=True) if not ok]
@@ -523,7 +549,7 @@ class WindowState:
                 return lost
 
     async def _mark_heads(self, serials: list[str], scored: dict[str, list[int]], severity: dict[str, int],
-                          applied: dict[int, int] | None, topic: str | None) -> list[bool]:
+                          applied: dict[int, int] | None, topic: str | None, meanwhile: Meanwhile) -> list[bool]:
         """Marks as in-place head patches of the values ingest() wrote (see MARK_LUA): no read."""
         heads = [self._heads[s] for s in serials]
         stored = _unpack(heads, self.n_features)  # a head holds all but the vectors: those come out empty
@@ -543,7 +569,7 @@ class WindowState:
             items.append(_MARK_ITEM.pack(len(head)) + head + new)
             new_heads.append(new)
         keys = [self.key(s).encode() for s in serials]
-        done = await self._cas_write(keys, items, applied, topic, script=self._mark)
+        done = await self._cas_write(keys, items, applied, topic, script=self._mark, meanwhile=meanwhile)
         for serial, new, ok in zip(serials, new_heads, done, strict=True):
             if ok:
                 self._heads[serial] = new

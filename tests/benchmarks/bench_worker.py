@@ -242,7 +242,10 @@ def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: 
 
 def processor_alone(bundle_path: Path, messages: list[tuple[bytes, bytes]], redis_url: str, batch: int,
                     score: bool) -> dict[str, float]:
-    """The worker's batch processor fed in-process (real Redis, no Kafka, no faust): the pipeline's own rate."""
+    """The worker's batch processor fed in-process (real Redis, no Kafka, no faust): the pipeline's own rate.
+
+    Batches are fed as the worker's consumer loop feeds them: the next one is named for its early
+    decode while the current one is prepared (see ``BatchProcessor.predecode``)."""
     import redis.asyncio as aioredis
 
     from diskwatch.models.bundle import load_bundle
@@ -263,8 +266,15 @@ def processor_alone(bundle_path: Path, messages: list[tuple[bytes, bytes]], redi
         cpu0 = redis_cpu_s(redis_url)
         started = time.perf_counter()
         windows, scoring_from, windows_before = 0, None, 0
-        for i in range(0, len(inbox), batch):
-            pending = await processor.prepare(inbox[i:i + batch])
+        batches = [inbox[i:i + batch] for i in range(0, len(inbox), batch)]
+        for i, current in enumerate(batches):
+            # As the worker's loop drives it: the next batch is named (decoded while Redis works)
+            # once this one's prepare() has taken its own decode.
+            prepared = asyncio.ensure_future(processor.prepare(current))
+            await asyncio.sleep(0)
+            if i + 1 < len(batches):
+                processor.predecode(batches[i + 1])
+            pending = await prepared
             await processor.commit(pending)
             if pending.windows_scored and scoring_from is None:
                 scoring_from, windows_before = time.perf_counter(), windows

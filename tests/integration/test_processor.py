@@ -8,6 +8,7 @@ import hashlib
 import random
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 async def run(bundle_path: Path, redis_url: str, records: list[TelemetryRecord], batch: int,
-              messages: list[InMessage] | None = None, ahead: bool = False) -> tuple[list, list, dict]:
+              messages: list[InMessage] | None = None, ahead: str = "") -> tuple[list, list, dict]:
+    """Every batch through prepare + commit. ``ahead``: name the next batch for an early decode
+    ``"before"`` the current one's Redis writes (as the consumer loop does when its fetch is
+    quick) or ``"after"`` them (before the marks); counts say how many batches used it."""
     bundle = load_bundle(bundle_path)
     client = aioredis.from_url(redis_url)
     prefix = f"test:{TEST_RUN}:proc:{uuid.uuid4().hex[:8]}"
@@ -33,18 +37,29 @@ async def run(bundle_path: Path, redis_url: str, records: list[TelemetryRecord],
     processor = BatchProcessor(bundle, state)
     msgs = messages if messages is not None else [InMessage(r.to_json(), r.serial_number.encode()) for r in records]
     alerts, letters = [], []
-    counts = {"scored": 0, "duplicates": 0}
+    counts = {"scored": 0, "duplicates": 0, "decoded_early": 0}
+    decode, events = processor._decode_fresh, []
+    processor._decode_fresh = lambda m: events.append(("decode", id(m))) or decode(m)  # type: ignore[method-assign]
     try:
         batches = [msgs[i : i + batch] for i in range(0, len(msgs), batch)]
         for i, messages_i in enumerate(batches):
-            pending = await processor.prepare(messages_i)
-            if ahead and i + 1 < len(batches):  # as the consumer loop does: the next decodes meanwhile
+            events.append(("prepare", id(messages_i)))
+            prepared = asyncio.ensure_future(processor.prepare(messages_i))
+            await asyncio.sleep(0)  # prepare has taken its own decode and waits on Redis
+            if ahead == "before" and i + 1 < len(batches):
+                processor.predecode(batches[i + 1])
+            pending = await prepared
+            if ahead == "after" and i + 1 < len(batches):
                 processor.predecode(batches[i + 1])
             await processor.commit(pending)
             alerts.extend(pending.alerts)
             letters.extend(pending.dead_letters)
             counts["scored"] += pending.windows_scored
             counts["duplicates"] += pending.duplicates
+        for m in batches:  # decoded once each, and before its prepare() when it was named early
+            decoded = events.index(("decode", id(m)))
+            assert events.count(("decode", id(m))) == 1
+            counts["decoded_early"] += decoded < events.index(("prepare", id(m)))
     finally:
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
         if keys:
@@ -80,11 +95,15 @@ def test_decoding_the_next_batch_early_changes_nothing(
     msgs = [InMessage(r.to_json(), r.serial_number.encode(), "t", 0, i) for i, r in enumerate(records)]
     msgs = msgs[:300] + bad + msgs[300:]
     plain, plain_letters, c1 = asyncio.run(run(sim_bundle, redis_url, records, 97, messages=msgs))
-    early, early_letters, c2 = asyncio.run(run(sim_bundle, redis_url, records, 97, messages=msgs, ahead=True))
-    assert c1 == c2 and c1["scored"] > 0
-    assert summary(plain) == summary(early) and plain
-    assert [(d.reason_code, d.source_offset) for d in plain_letters] == [(d.reason_code, d.source_offset) for d in early_letters]
-    assert [d.source_offset for d in early_letters] == [10_000, 10_001]
+    batches = -(-len(msgs) // 97)
+    assert c1["decoded_early"] == 0 and c1["scored"] > 0
+    for ahead in ("before", "after"):  # decoded during the ingest's write / during the marks
+        early, early_letters, c2 = asyncio.run(run(sim_bundle, redis_url, records, 97, messages=msgs, ahead=ahead))
+        assert c2 == {**c1, "decoded_early": batches - 1}, ahead
+        assert summary(plain) == summary(early) and plain
+        assert [(d.reason_code, d.source_offset) for d in plain_letters] == [
+            (d.reason_code, d.source_offset) for d in early_letters]
+        assert [d.source_offset for d in early_letters] == [10_000, 10_001]
 
 
 def test_shuffled_within_batches_and_duplicates_change_nothing(
@@ -235,3 +254,42 @@ def test_poison_record_is_split_out_to_dlq_and_the_rest_is_stored(
     assert letter["reason_code"] == "processing_error" and letter["source_offset"] == 999
     assert "crafted record makes scoring raise" in letter["reason"]
     assert json.loads(letter["payload"])["serial_number"] == "POISON-1"
+
+
+def test_an_early_decode_that_fails_fails_its_own_batch_only(
+    records: list[TelemetryRecord], sim_bundle: Path, redis_url: str
+) -> None:
+    async def scenario() -> None:
+        bundle = load_bundle(sim_bundle)
+        client = aioredis.from_url(redis_url)
+        prefix = f"test:{TEST_RUN}:proc:{uuid.uuid4().hex[:8]}"
+        state = WindowState(client, bundle.spec, prefix=prefix, keep_days=9, ttl_seconds=600)
+        processor = BatchProcessor(bundle, state)
+        first = [InMessage(r.to_json()) for r in records[:50]]
+        second = [InMessage(r.to_json()) for r in records[50:100]]
+        decode = processor._decode
+
+        def broken(messages: list[InMessage], pending: Any) -> Any:
+            if messages == second:
+                raise RuntimeError("decode bug")
+            return decode(messages, pending)
+
+        processor._decode = broken  # type: ignore[method-assign]
+        try:
+            prepared = asyncio.ensure_future(processor.prepare(first))
+            await asyncio.sleep(0)
+            processor.predecode(second)  # decoded (and failing) while the first batch waits on Redis
+            pending = await prepared
+            await processor.commit(pending)
+            assert pending.records == 50
+            with pytest.raises(RuntimeError, match="decode bug"):
+                await processor.prepare(second)
+            processor._decode = decode  # type: ignore[method-assign]
+            assert (await processor.prepare(second)).records == 50  # a retry decodes afresh
+        finally:
+            keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(scenario())
