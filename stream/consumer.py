@@ -258,6 +258,7 @@ class TelemetryLoop(Service):
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         self.batches += 1
         self.last_batch_at = time.time()
+        metrics.LAST_BATCH.set(self.last_batch_at)
         self.progress_at = time.monotonic()
 
     def _reread(self, lost: dict[int, int]) -> None:

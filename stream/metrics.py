@@ -28,6 +28,9 @@ BATCH_SECONDS = Histogram(
     "diskwatch_batch_seconds", "End-to-end time per batch (validate → publish → mark).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+LAST_BATCH = Gauge(
+    "diskwatch_last_batch_timestamp_seconds", "When the last batch was fully applied and committed (Unix time)."
+)
 CONSUMER_LAG = Gauge("diskwatch_consumer_lag", "Messages behind the partition's high watermark.", ["partition"])
 RETRIES = Counter("diskwatch_retries_total", "Retried operations after a Redis or Kafka error.", ["target"])
 BUNDLE_INFO = Gauge("diskwatch_bundle_info", "The model bundle in use (value 1).", ["version"])

@@ -224,6 +224,8 @@ def test_stream_alerts_match_offline_scoring_and_bad_input_goes_to_dlq(
     assert status == 200 and "diskwatch_records_in_total" in metrics_text
     malformed = sum(x["reason_code"] == "malformed_json" for x in letters)
     assert f'diskwatch_records_invalid_total{{reason="malformed_json"}} {malformed:.1f}' in metrics_text
+    last_batch = re.search(r"^diskwatch_last_batch_timestamp_seconds (\S+)$", metrics_text, re.M)
+    assert last_batch and 0 < time.time() - float(last_batch.group(1)) < 600  # set by the batches above
     assert health["status"] == "ok" and health["assigned"] == [f"{stream.telemetry}:0"]
 
 
