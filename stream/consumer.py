@@ -20,8 +20,10 @@ Guarantees, and where they come from:
 
 * offsets move past a record only after its batch is fully applied (Redis
   writes + alert/dead-letter produces acked): :meth:`TelemetryLoop._apply`
-  commits explicit offsets after :class:`BatchRunner` returns; a batch
-  cancelled by SIGTERM is never committed;
+  commits explicit offsets after :class:`BatchRunner` returns — while the
+  next batch is applied, one commit at a time, in order; a batch cancelled by
+  SIGTERM is never committed (one already applied is, before the consumer
+  closes);
 * on revocation the batch in flight is finished (and committed) before the
   partitions are given up — the rebalance listener waits for it, at most
   ``revoke_wait_s``, then abandons it (redelivered to the next owner; Redis
@@ -29,8 +31,9 @@ Guarantees, and where they come from:
 * on assignment each partition starts at the earlier of Kafka's committed
   offset and the offset Redis says it applied + 1 (Redis lost writes in a
   crash → they are consumed again);
-* heartbeats run in aiokafka's own task and CPU work runs off the loop, so
-  inference never starves them; ``max_poll_interval`` (default 300 s) bounds
+* heartbeats run in aiokafka's own task and inference runs off the loop, so
+  it never starves them (decoding, ~2 ms per 512 records, runs on the loop
+  while Redis works: see :mod:`diskwatch.stream.overlap`); ``max_poll_interval`` (default 300 s) bounds
   one batch — a batch stuck longer (Redis down) loses the group membership,
   its commit is refused and the batch is redelivered;
 * lag per partition (``end offset − committed``, asked from the broker every
@@ -106,6 +109,7 @@ class TelemetryLoop(Service):
         self._idle.set()
         self._assigned = asyncio.Event()
         self._inflight: asyncio.Task[None] | None = None
+        self._committing: asyncio.Future[None] | None = None  # the last applied batch's commit
         self._revocations = 0  # bumped by each revocation: a batch taken before one is dropped
         self._lost: dict[int, int] = {}  # partitions the last batch re-reads (Redis lost writes)
 
@@ -167,10 +171,12 @@ class TelemetryLoop(Service):
                     self._unread(await ahead)
                 self._unread(messages)
                 messages = []
+                await self._committed()
                 self._idle.set()
                 await self.sleep(1.0)
                 continue
             if not messages:
+                await self._committed()
                 self._idle.set()
 
     async def _take_ahead(self) -> list[InMessage]:
@@ -201,6 +207,9 @@ class TelemetryLoop(Service):
     async def on_stop(self) -> None:
         if self._inflight is not None and not self._inflight.done():
             self._inflight.cancel()
+        if self._committing is not None:  # an applied batch: commit it before leaving (briefly: the
+            with contextlib.suppress(Exception):  # broker may be away, and its next owner re-reads it)
+                await asyncio.wait_for(asyncio.shield(self._committing), min(5.0, self.revoke_wait_s))
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()  # auto-commit is off: nothing unfinished is committed
@@ -248,12 +257,28 @@ class TelemetryLoop(Service):
                 self.consumer.seek(tp, offset)
 
     async def _apply(self, messages: list[InMessage]) -> None:
-        """Apply and commit one batch (the loop holds ``_idle`` clear meanwhile)."""
+        """Apply one batch and start its commit (the loop holds ``_idle`` clear meanwhile).
+
+        The commit runs while the next batch is applied (its round trip to the broker cost a
+        fifth of the worker's rate); commits stay in order: a batch's commit starts only once
+        the one before it is done.
+        """
         started = time.perf_counter()
         lost = await self.runner.apply(messages)
         self._lost = lost
-        await self._commit([m for m in messages if m.partition not in lost])
         self._reread(lost)
+        await self._committed()
+        self._committing = asyncio.ensure_future(self._finish(messages, lost, started))
+
+    async def _committed(self) -> None:
+        """Wait for the commit in flight, if any (it never raises: see _commit)."""
+        if self._committing is not None:
+            await asyncio.shield(self._committing)  # a cancelled waiter leaves the commit running
+            self._committing = None
+
+    async def _finish(self, messages: list[InMessage], lost: dict[int, int], started: float) -> None:
+        """Commit an applied batch, then count it as done."""
+        await self._commit([m for m in messages if m.partition not in lost])
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         self.batches += 1
