@@ -33,9 +33,10 @@ Guarantees, and where they come from:
   crash → they are consumed again);
 * heartbeats run in aiokafka's own task and inference runs off the loop, so
   it never starves them (decoding, ~2 ms per 512 records, runs on the loop
-  while Redis works: see :mod:`diskwatch.stream.overlap`); ``max_poll_interval`` (default 300 s) bounds
-  one batch — a batch stuck longer (Redis down) loses the group membership,
-  its commit is refused and the batch is redelivered;
+  while Redis works: see :mod:`diskwatch.stream.overlap`);
+  ``max_poll_interval`` (default 300 s) bounds one batch — a batch stuck
+  longer (Redis down) loses the group membership, its commit is refused and
+  the batch is redelivered;
 * lag per partition (``end offset − committed``, asked from the broker every
   ``lag_interval_s``, so it is right even while the worker is stuck) in
   /metrics, and ``/healthz`` unhealthy when there is lag and no batch has

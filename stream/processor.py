@@ -23,10 +23,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -41,7 +40,6 @@ from diskwatch.models.windows import WindowConfig, from_day_number, windows_endi
 from diskwatch.stream import metrics
 from diskwatch.stream.windowstate import BatchState, WindowState
 
-T = TypeVar("T")
 Decoded = tuple["PendingBatch", WireBatch, np.ndarray]  # a batch's outputs so far, its rows, their vectors
 # Bundles are trained on Backblaze dumps: ATA/SATA drives only. Records that carry another
 # extra["device_type"] (smartctl's NVMe, SCSI: see core/smartctl.py) are counted and not scored.
@@ -114,9 +112,6 @@ class BatchProcessor:
     def warmup(self) -> None:
         if self.scorer is not None:
             self.scorer.warmup()
-
-    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
     def predecode(self, messages: list[InMessage]) -> None:
         """Name the next batch: it is decoded while this one waits on Redis or inference, on the
