@@ -16,7 +16,13 @@ Measured in one run, on the same topic of simulated telemetry:
 * ``processor_alone``: the worker's batch processor fed the same messages
   in-process (real Redis, no Kafka, no faust): what the pipeline itself
   sustains, with and without scoring;
-* Redis bytes per tracked serial (``MEMORY USAGE`` of window keys).
+* Redis bytes per tracked serial (``MEMORY USAGE`` of window keys);
+* one vs two worker processes (``--workers 2``) on a 4-partition topic of 3x the records, timed
+  from when both have applied a batch, with the cores the workers, Redis and Kafka kept busy and
+  the machine's idle share over that span.
+
+Worker rates come from the worker's own ``diskwatch_last_batch_timestamp_seconds`` and stop
+before its last, partial batch (which waits the 0.5 s linger).
 
 Targets (issue #13): no_score >= 0.25 x plain; processor alone >= 100k records/s;
 score steady windows/s >= 0.6 x engine; Redis bytes per serial <= 1.3 KB; engine >=
@@ -200,6 +206,40 @@ def redis_cpu_s(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def cpu_ticks(root: int, redis_url: str) -> dict[str, int]:
+    """CPU clock ticks so far (user + sys) of the worker process tree under ``root``, redis-server,
+    the Kafka broker(s), and the machine's idle time: where the cores went during a run."""
+    import redis
+
+    def ticks(pid: int) -> int:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0
+        return int(fields[11]) + int(fields[12])
+
+    parents: dict[int, int] = {}
+    brokers = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if b"kafka.Kafka" in (d / "cmdline").read_bytes():
+                    brokers.append(int(d.name))
+            except OSError:
+                continue
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += [c for c, parent in parents.items() if parent == pid and c not in tree]
+    with redis.Redis.from_url(redis_url) as client:
+        redis_pid = int(client.info("server")["process_id"])
+    idle = sum(int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[4:6])
+    return {"workers": sum(map(ticks, tree)), "redis": ticks(redis_pid), "kafka": sum(map(ticks, brokers)),
+            "idle": idle}
+
+
 def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: float = 900,
                workers: int = 1) -> dict[str, float]:
     port = free_port()
@@ -228,8 +268,12 @@ def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: 
         while time.monotonic() < deadline:
             done = total("diskwatch_records_in_total")
             at = last_batch()
-            if done > 0 and start is None and at > 0:
+            # The clock starts once every worker has applied a batch: a group's first member takes all
+            # partitions, and the hand-over to the second costs seconds (a heartbeat interval).
+            if start is None and at > 0 and all(metric(port + i, "diskwatch_records_in_total") > 0
+                                                for i in range(workers)):
                 start, first = at, done
+                ticks0, wall0 = cpu_ticks(proc.pid, env["DISKWATCH_REDIS_URL"]), time.monotonic()
             windows = total("diskwatch_windows_scored_total")
             if windows > 0 and scoring is None and at > 0:
                 scoring, first_windows = at, windows
@@ -237,6 +281,10 @@ def run_worker(bundle: Path, env: dict[str, str], n: int, score: bool, timeout: 
                 out = {"seconds": max(at - start, 1e-9), "records": done - first, "windows": windows,
                        "prefix": env["DISKWATCH_REDIS_KEY_PREFIX"],
                        "redis_cpu_us_per_record": (redis_cpu_s(env["DISKWATCH_REDIS_URL"]) - cpu0) * 1e6 / n}
+                # Cores each part kept busy (and left idle) while records flowed.
+                ticks1, wall = cpu_ticks(proc.pid, env["DISKWATCH_REDIS_URL"]), time.monotonic() - wall0
+                hz = os.sysconf("SC_CLK_TCK")
+                out["cores"] = {k: round((ticks1[k] - ticks0[k]) / hz / wall, 2) for k in ticks0}
                 if scoring is not None and at > scoring:
                     # Steady state: from the first scored batch on, every record completes a window.
                     out["steady_windows_per_s"] = (windows - first_windows) / (at - scoring)
@@ -385,13 +433,17 @@ def measure(args: argparse.Namespace, bootstrap: str, redis_url: str, topic: str
     engine = engine_vs_raw(bundle, args.batch_size)
     alone_no_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=False)
     alone_score = processor_alone(bundle, messages, redis_url, args.batch_size, score=True)
-    # One vs two worker processes on a 4-partition topic (no scoring).
+    # One vs two worker processes on a 4-partition topic (no scoring), on 3x the records under other
+    # serials: ~10 s per run, so the group's start-up (one worker takes all 4 partitions, then hands
+    # two over) weighs little.
     wide = f"{topic}-p4"
-    asyncio.run(produce(bootstrap, wide, messages, 4))
+    copies = [(k + b"-%d" % c, v.replace(b'"serial_number":"' + k + b'"', b'"serial_number":"' + k + b'-%d"' % c))
+              for c in range(3) for k, v in messages]
+    asyncio.run(produce(bootstrap, wide, copies, 4))
     wide_env = {**env, "DISKWATCH_TOPIC_TELEMETRY": wide}
-    one = run_worker(bundle, wide_env, n, score=False)
+    one = run_worker(bundle, wide_env, len(copies), score=False)
     redis_bytes_per_serial(redis_url, one["prefix"])
-    two = run_worker(bundle, wide_env, n, score=False, workers=2)
+    two = run_worker(bundle, wide_env, len(copies), score=False, workers=2)
     redis_bytes_per_serial(redis_url, two["prefix"])
     plain_rate = n / plain_s
     no_score_rate = no_score["records"] / no_score["seconds"]
@@ -433,6 +485,9 @@ def measure(args: argparse.Namespace, bootstrap: str, redis_url: str, topic: str
         "p4_one_worker_no_score_records_per_s": round(one["records"] / one["seconds"]),
         "p4_two_workers_no_score_records_per_s": round(two["records"] / two["seconds"]),
         "ratio_two_vs_one_worker": round((two["records"] / two["seconds"]) / (one["records"] / one["seconds"]), 3),
+        # cores busy per part (of the machine's 2 here) and idle, while each p4 run consumed
+        "p4_one_worker_cores": one["cores"],
+        "p4_two_workers_cores": two["cores"],
         "targets": {"no_score_vs_plain": 0.25, "processor_alone_no_score_records_per_s": 100_000,
                     "score_steady_vs_engine": 0.6, "engine_vs_raw": 0.9, "redis_bytes_per_serial_max": 1313},
     }
