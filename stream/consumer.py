@@ -210,7 +210,7 @@ class TelemetryLoop(Service):
             self._inflight.cancel()
         if self._committing is not None:  # an applied batch: commit it before leaving (briefly: the
             with contextlib.suppress(Exception):  # broker may be away, and its next owner re-reads it)
-                await asyncio.wait_for(asyncio.shield(self._committing), min(5.0, self.revoke_wait_s))
+                await asyncio.wait_for(asyncio.shield(self._committing), min(2.0, self.revoke_wait_s))
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()  # auto-commit is off: nothing unfinished is committed
