@@ -153,6 +153,16 @@ def cleanup(client: redis.Redis, stream: Stream) -> None:
         client.delete(*keys)
 
 
+def cluster_stream(cluster: Cluster, redis_url: str, dump: Path) -> tuple[list, list[str], Stream]:
+    """Every node of the cluster up, ``dump``'s records and serials, and a new 4-partition stream (RF 3)."""
+    cluster.up()
+    records = read_records(dump)
+    serials = sorted({r.serial_number for r in records})
+    stream = Stream(cluster.bootstrap, redis_url, partitions=4, replication=BROKERS)
+    asyncio.run(stream.create_topics())
+    return records, serials, stream
+
+
 def start_consuming_worker(stream: Stream, bundle: Path, **env: object) -> WorkerProcess:
     """A worker that holds every telemetry partition (it is consuming, not starting up)."""
     port = free_port()
@@ -178,12 +188,8 @@ def test_replay_finishes_and_nothing_is_lost_when_the_partition_leader_is_killed
     kafka_cluster: Cluster, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_bundle: Path,
     tmp_path: Path,
 ) -> None:
-    kafka_cluster.up()
     dump = last_days_dump(sim_fleet, tmp_path / "dump", 8)
-    records = read_records(dump)
-    serials = sorted({r.serial_number for r in records})
-    stream = Stream(kafka_cluster.bootstrap, redis_url, partitions=4, replication=BROKERS)
-    asyncio.run(stream.create_topics())
+    records, serials, stream = cluster_stream(kafka_cluster, redis_url, dump)
     log = tmp_path / "replay.log"
     try:
         worker = start_consuming_worker(stream, sim_bundle)
@@ -228,11 +234,8 @@ def test_worker_keeps_consuming_when_the_partition_leader_is_killed(
     kafka_cluster: Cluster, redis_url: str, sync_redis: redis.Redis, sim_fleet: Path, sim_bundle: Path,
     tmp_path: Path,
 ) -> None:
-    kafka_cluster.up()
-    records = read_records(last_days_dump(sim_fleet, tmp_path / "dump", 8))
-    serials = sorted({r.serial_number for r in records})
-    stream = Stream(kafka_cluster.bootstrap, redis_url, partitions=4, replication=BROKERS)
-    asyncio.run(stream.create_topics())
+    records, serials, stream = cluster_stream(kafka_cluster, redis_url,
+                                              last_days_dump(sim_fleet, tmp_path / "dump", 8))
     try:
         # The first half is being consumed (small batches) when the leader dies; the second half
         # is produced after the kill, so the worker must fetch it from the newly elected leaders.
@@ -272,11 +275,8 @@ def test_a_worker_started_while_a_broker_is_down_consumes(
     with one of three brokers down that creation is refused, which once made a starting worker
     exit while running ones rode the outage out.
     """
-    kafka_cluster.up()
-    records = read_records(last_days_dump(sim_fleet, tmp_path / "dump", 3))
-    serials = sorted({r.serial_number for r in records})
-    stream = Stream(kafka_cluster.bootstrap, redis_url, partitions=4, replication=BROKERS)
-    asyncio.run(stream.create_topics())
+    records, serials, stream = cluster_stream(kafka_cluster, redis_url,
+                                              last_days_dump(sim_fleet, tmp_path / "dump", 3))
     victim = kafka_cluster.leader(stream.telemetry)
     try:
         kafka_cluster.kill(victim)
@@ -299,11 +299,8 @@ def test_sigterm_with_every_broker_down_stops_the_worker_within_a_grace_period(
     """Kafka gone, then SIGTERM (a node drained during an outage): the worker exits on its own
     well inside Kubernetes' default 30 s grace period instead of waiting out faust's 60 s for its
     own consumer; what it had not committed is read again later (at-least-once)."""
-    kafka_cluster.up()
-    records = read_records(last_days_dump(sim_fleet, tmp_path / "dump", 2))
-    serials = sorted({r.serial_number for r in records})
-    stream = Stream(kafka_cluster.bootstrap, redis_url, partitions=4, replication=BROKERS)
-    asyncio.run(stream.create_topics())
+    records, serials, stream = cluster_stream(kafka_cluster, redis_url,
+                                              last_days_dump(sim_fleet, tmp_path / "dump", 2))
     try:
         worker = start_consuming_worker(stream, sim_bundle)
         asyncio.run(stream.produce_records(records))
