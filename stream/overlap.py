@@ -10,8 +10,9 @@ a thread beside it, and the thread bought nothing overall. Doing the work on
 the loop thread between sending and reading overlaps it with the server and
 costs no hand-over.
 
-Only for a standalone Redis client (one connection from its pool); a cluster
-client's calls go through pipelines, which do the work before they send.
+Only for a standalone Redis client (one connection from its pool). On a Redis
+Cluster the window state's calls go through pipelines and take no such work:
+the next batch is then decoded when it is prepared.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from redis.exceptions import NoScriptError
 
 from diskwatch.models.features import FeatureSpec
 from diskwatch.stream.overlap import call_meanwhile
@@ -308,6 +309,10 @@ class WindowState:
     def key(self, serial: str) -> str:
         return window_key(self.prefix, self.fingerprint, serial)
 
+    def _keys(self, serials: Sequence[str]) -> list[bytes]:
+        """Window keys as bytes: redis-py passes bytes through without encoding them again."""
+        return [self.key(s).encode() for s in serials]
+
     def offsets_key(self, topic: str) -> str:
         return f"{self.prefix}:applied:{{{topic}}}"
 
@@ -317,7 +322,7 @@ class WindowState:
         """Every serial's value in one MGET (one pipeline per node on a cluster)."""
         if not serials:
             return []
-        return await self._mget([self.key(s).encode() for s in serials])  # bytes: redis-py passes them through
+        return await self._mget(self._keys(serials))
 
     async def _mget(self, keys: list[bytes]) -> list[bytes | None]:
         return list(await (self.redis.mget_nonatomic(keys) if self._cluster else self.redis.mget(keys)))
@@ -344,9 +349,8 @@ class WindowState:
                         applied: dict[int, int] | None = None, topic: str | None = None,
                         meanwhile: Meanwhile = None) -> list[bool]:
         """One CAS script call: each encoded value is written only if the stored version is ``expected``."""
-        keys = [self.key(s).encode() for s in serials]  # bytes: redis-py passes them through
         parts = [_CAS_ITEM.pack(e, len(b)) + b for e, b in zip(expected, blobs, strict=True)]
-        return await self._cas_write(keys, parts, applied, topic, meanwhile=meanwhile)
+        return await self._cas_write(self._keys(serials), parts, applied, topic, meanwhile=meanwhile)
 
     async def _cas_write(self, keys: list[bytes], parts: list[bytes], applied: dict[int, int] | None = None,
                          topic: str | None = None, script: Any = None, meanwhile: Meanwhile = None) -> list[bool]:
@@ -379,8 +383,6 @@ class WindowState:
     async def _script(self, script: Any, keys: list[bytes], args: list[Any], meanwhile: Meanwhile) -> Any:
         """EVALSHA of a registered script; ``meanwhile`` runs once the call is sent."""
         if meanwhile is not None:
-            from redis.exceptions import NoScriptError
-
             try:
                 return await call_meanwhile(self.redis, meanwhile, "EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:  # a restarted Redis: the Script call below loads it (meanwhile ran)
@@ -412,7 +414,7 @@ class WindowState:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(n, self.n_features)
         unique, row_drive = np.unique(np.asarray(serials, dtype=object), return_inverse=True)
         drive_serials = [str(s) for s in unique]
-        all_keys = [self.key(s).encode() for s in drive_serials]  # once: the read and the write use them
+        all_keys = self._keys(drive_serials)  # once: the read and the write use them
         latest_model = _latest_models(row_drive, models, len(drive_serials))
         added = np.zeros(n, dtype=bool)
         parts: list[_Rows] = []
@@ -539,7 +541,7 @@ class WindowState:
                     value.scored = value.scored | np.isin(value.days, ends).astype(np.uint8)
                 if serial in severity:
                     value.severity = int(severity[serial])
-            done = await self.write(todo, values, offsets, topic, meanwhile)
+            done = await self.write(todo, values, offsets, topic, meanwhile)  # also an offsets-only write
             meanwhile = None
             if offsets:
                 lost = dict(self.lost)
@@ -568,8 +570,8 @@ class WindowState:
             ))
             items.append(_MARK_ITEM.pack(len(head)) + head + new)
             new_heads.append(new)
-        keys = [self.key(s).encode() for s in serials]
-        done = await self._cas_write(keys, items, applied, topic, script=self._mark, meanwhile=meanwhile)
+        done = await self._cas_write(self._keys(serials), items, applied, topic, script=self._mark,
+                                     meanwhile=meanwhile)
         for serial, new, ok in zip(serials, new_heads, done, strict=True):
             if ok:
                 self._heads[serial] = new
@@ -592,8 +594,6 @@ class WindowState:
         NOSCRIPT reply (a node restarted or a replica took over since) ran nothing, so only
         those calls are re-sent after loading the script again.
         """
-        from redis.exceptions import NoScriptError
-
         if sha not in self._cluster_loaded:
             await self.redis.script_load(script)
             self._cluster_loaded.add(sha)
