@@ -150,9 +150,12 @@ class BatchProcessor:
                                                meanwhile=self._decode_next)
         metrics.REDIS_SECONDS.observe(time.perf_counter() - started)
         pending.duplicates = int(added.size - added.sum())
-        scoring = asyncio.get_running_loop().run_in_executor(self._cpu, self._score, pending, batch, state)
-        self._decode_next()  # inference releases the GIL: the next batch decodes beside it
-        await scoring
+        if self.score_enabled:
+            scoring = asyncio.get_running_loop().run_in_executor(self._cpu, self._score, pending, batch, state)
+            self._decode_next()  # inference releases the GIL: the next batch decodes beside it
+            await scoring
+        else:
+            self._score(pending, batch, state)  # returns at once: no thread hop for nothing
         _count_in(messages, pending)
         return pending
 
